@@ -41,7 +41,7 @@ def cp_token_layout(
     docs, positions, indices = [], [], []
     for d, (start, end) in enumerate(zip(cu[:-1], cu[1:])):
         length = end - start
-        if length % (2 * cp_size):
+        if cp_size > 1 and length % (2 * cp_size):
             raise ValueError(f"document length {length} is not divisible by 2*CP={2 * cp_size}")
         chunk = length // (2 * cp_size)
         for c in (cp_rank, 2 * cp_size - 1 - cp_rank) if cp_size > 1 else (0,):
