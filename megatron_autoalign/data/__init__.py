@@ -1,0 +1,1 @@
+"""Chat data: templates, conversation -> (tokens, labels), idx/bin writing, packing, manifest, datasets."""

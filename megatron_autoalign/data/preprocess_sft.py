@@ -1,0 +1,259 @@
+"""Chat conversations (JSON array or JSONL) -> SFT idx/bin + manifest.
+
+    python -m megatron_autoalign.data.preprocess_sft --input data.json --output-prefix out/sft \
+        --hf-model-path Qwen2.5-0.5B-Instruct --seq-len 2048 --template qwen
+
+Bad records are skipped and counted by reason; if more than --max-bad-fraction of the records are bad
+the run fails before anything is written (one-line error, exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import multiprocessing as mp
+import os
+import sys
+
+import numpy as np
+
+from .conversations import INVALID_REASONS, DataError, InputReader, load_record, parse_conversation
+from .encoder import IGNORE_INDEX, PieceEncoder, build_encoder
+from .indexed import AlignedWriter
+from .manifest import SFT_FORMAT
+from .packing import Packer
+from .templates import KNOWN, TemplateError, get_template
+
+BATCH = 256          # records per worker task
+EXAMPLES_PER_REASON = 5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m megatron_autoalign.data.preprocess_sft", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="JSON array or JSONL file of conversations")
+    p.add_argument("--output-prefix", required=True, help="writes PREFIX_{input_ids,labels}.{bin,idx} + PREFIX_manifest.json")
+    p.add_argument("--hf-model-path", required=True, help="directory with the tokenizer (and config.json)")
+    p.add_argument("--seq-len", type=int, required=True, help="maximum tokens per training row")
+    p.add_argument("--key", default="conversations", help="record key holding the turns (OpenAI 'messages' also accepted)")
+    p.add_argument("--tokenizer-class", default="Qwen2Tokenizer", help="recorded; the tokenizer loads via AutoTokenizer")
+    p.add_argument("--extra-vocab-size", type=int, default=0, help="embedding padding beyond the BPE vocabulary (recorded, checked)")
+    p.add_argument("--template", default="qwen", help=f"one of: {', '.join(KNOWN)}")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (1 = in-process)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--packing", dest="packing", action="store_true", default=None, help="force packing on")
+    g.add_argument("--no-packing", dest="packing", action="store_false", help="force packing off")
+    p.add_argument("--pack-buffer", type=int, default=8192, help="conversations per packing window")
+    p.add_argument("--truncation", choices=("drop", "turn"), default="drop",
+                   help="over-long conversations: drop them, or keep the longest prefix of whole turns that fits")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01, help="fail if more records than this are invalid")
+    p.add_argument("--encoder", choices=("auto", "fast", "hf"), default="auto", help="auto: tiktoken if verified, else HF")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.seq_len <= 0 or a.extra_vocab_size < 0 or a.workers < 1:
+        p.error("--seq-len and --workers must be positive, --extra-vocab-size >= 0")
+    if a.packing is None:
+        a.packing = a.seq_len >= 2048  # short rows: one conversation each; long rows: pack
+    return a
+
+
+@functools.lru_cache(maxsize=4)  # repeated in-process runs (tests, notebooks) reuse the tokenizer
+def _load(path: str, mtime: float):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_tokenizer(path: str, class_name: str):
+    try:
+        tok = _load(os.path.abspath(path), os.path.getmtime(path))
+    except Exception as e:
+        raise DataError(f"{path}: cannot load tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if class_name.replace("Fast", "") != type(tok).__name__.replace("Fast", ""):
+        print(f"note: TOKENIZER_CLASS {class_name} but {path} holds a {type(tok).__name__}", file=sys.stderr)
+    return tok
+
+
+def check_vocab(tok, hf_path: str, extra: int) -> None:
+    """The embedding (config vocab_size) must hold every token; base + extra must not exceed it."""
+    cfg_path = os.path.join(hf_path, "config.json")
+    if not os.path.exists(cfg_path):
+        return
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    vocab = cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size")
+    if vocab is None:
+        return
+    n, base = len(tok), tok.vocab_size
+    if vocab < n:
+        raise DataError(f"{cfg_path}: vocab_size {vocab} < tokenizer size {n}: token ids would overflow the embedding")
+    if extra and base + extra > vocab:
+        raise DataError(f"{cfg_path}: EXTRA_VOCAB_SIZE {extra} + {base} BPE tokens = {base + extra} > config vocab_size {vocab}")
+
+
+# --- worker side (state set in the parent before forking) ---------------------------------------------
+_W: dict = {}
+
+
+def _encode_batch(batch):
+    key, template, penc = _W["key"], _W["template"], _W["penc"]
+    seq_len, truncate = _W["seq_len"], _W["truncation"] == "turn"
+    ids_out, lab_out, lens, skips, trained = [], [], [], [], 0
+    for recno, record, reason in batch:
+        if reason is None:
+            record, reason = load_record(record)  # workers parse the raw JSON text (parallel)
+        if reason is None:
+            msgs, reason = parse_conversation(record, key)
+        if reason is None:
+            try:
+                ids, labels, ends = penc(template.render(msgs))
+            except TemplateError:
+                reason = "template_error"
+        if reason is None and len(ids) > seq_len:
+            cut = max((e for e in ends if e <= seq_len), default=0) if truncate else 0
+            if cut:  # cut only where a whole assistant turn ends; never inside a reply
+                ids, labels = ids[:cut], labels[:cut]
+            else:
+                reason = "too_long"
+        if reason is None:
+            lab = np.asarray(labels, dtype=np.int32)
+            n_tr = int(np.count_nonzero(lab != IGNORE_INDEX))
+            if n_tr == 0:
+                reason = "no_trained_tokens"
+        if reason is not None:
+            skips.append((recno, reason))
+            continue
+        ids_out.append(np.asarray(ids, dtype=np.int32))
+        lab_out.append(lab)
+        lens.append(len(ids))
+        trained += n_tr
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int32)  # noqa: E731
+    return cat(ids_out), cat(lab_out), lens, skips, trained
+
+
+def _batches(reader, size):
+    it = iter(reader)
+    while True:
+        b = list(itertools.islice(it, size))
+        if not b:
+            return
+        yield b
+
+
+def _sample_texts(batch, key, limit=64):
+    out = []
+    for _, raw, reason in batch:
+        rec, reason = load_record(raw) if reason is None else (None, reason)
+        if reason is None:
+            msgs, bad = parse_conversation(rec, key)
+            out += [t for _, t in msgs or []]
+    return out[:limit]
+
+
+def run(args) -> dict:
+    tok = load_tokenizer(args.hf_model_path, args.tokenizer_class)
+    check_vocab(tok, args.hf_model_path, args.extra_vocab_size)
+    reader = InputReader(args.input, raw=True)
+    batches = _batches(reader, BATCH)
+    first = next(batches, [])
+    enc = build_encoder(tok, args.encoder, _sample_texts(first, args.key))
+    try:
+        template = get_template(args.template, tok, list(enc.special_ids))
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    _W.update(key=args.key, template=template, penc=PieceEncoder(enc), seq_len=args.seq_len,
+              truncation=args.truncation)
+
+    stats = {"records": 0, "conversations": 0, "trained": 0}
+    skipped: dict[str, int] = {}
+    examples: dict[str, list[int]] = {}
+    packer = Packer(args.seq_len, args.packing, args.pack_buffer)
+    from tqdm import tqdm
+    bar = tqdm(desc="conversations", unit="rec", disable=True if args.no_progress else None, mininterval=1.0)
+    pool = None
+    all_batches = itertools.chain([first] if first else [], batches)
+    if args.workers > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        pool = mp.get_context("fork").Pool(args.workers)
+        results = pool.imap(_encode_batch, all_batches, chunksize=1)
+    else:
+        results = map(_encode_batch, all_batches)
+
+    def write_rows(writer, rows):
+        for row in rows:
+            ids = np.concatenate([r[0] for r in row])
+            labs = np.concatenate([r[1] for r in row])
+            writer.add_row({"input_ids": ids, "labels": labs}, [len(r[0]) for r in row])
+
+    try:
+        with AlignedWriter(args.output_prefix, ("input_ids", "labels")) as writer:
+            for ids, labs, lens, skips, trained in results:
+                for recno, reason in skips:
+                    skipped[reason] = skipped.get(reason, 0) + 1
+                    ex = examples.setdefault(reason, [])
+                    if len(ex) < EXAMPLES_PER_REASON:
+                        ex.append(recno)
+                offsets = np.cumsum([0] + lens)
+                for k, n in enumerate(lens):
+                    item = (ids[offsets[k]:offsets[k + 1]], labs[offsets[k]:offsets[k + 1]])
+                    write_rows(writer, packer.add(n, item))
+                stats["records"] += len(lens) + len(skips)
+                stats["conversations"] += len(lens)
+                stats["trained"] += trained
+                bar.update(len(lens) + len(skips))
+            write_rows(writer, packer.flush())
+            bar.close()
+            _check_threshold(args, stats["records"], skipped, examples)
+            if writer.num_rows == 0:
+                raise DataError(f"{args.input}: no trainable conversations ({_fmt_skips(skipped) or 'empty input'})")
+            manifest = {
+                "format": SFT_FORMAT,
+                "tokenizer": {"name_or_path": args.hf_model_path, "class": args.tokenizer_class,
+                              "vocab_size": len(tok), "extra_vocab_size": args.extra_vocab_size,
+                              "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id},
+                "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
+                "num_rows": writer.num_rows, "num_conversations": stats["conversations"],
+                "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
+                "fill_ratio": round(writer.num_tokens / (writer.num_rows * args.seq_len), 6),
+                "skipped": skipped, "skipped_examples": examples,
+                "input_sha256": reader.sha256.hexdigest(),
+                "created_by": "megatron_autoalign.data.preprocess_sft",
+                # informational extras
+                "num_records": stats["records"], "truncation": args.truncation, "encoder": enc.name,
+            }
+            writer.commit(manifest)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    return manifest
+
+
+def _fmt_skips(skipped: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
+
+
+def _check_threshold(args, records: int, skipped: dict, examples: dict) -> None:
+    bad = {r: n for r, n in skipped.items() if r in INVALID_REASONS}
+    nbad = sum(bad.values())
+    if records and nbad / records > args.max_bad_fraction:
+        reason = max(bad, key=bad.get)
+        raise DataError(f"{args.input}: record {examples[reason][0]}: {reason} "
+                        f"({nbad} of {records} records invalid = {100 * nbad / records:.2f}% > "
+                        f"{100 * args.max_bad_fraction:g}%: {_fmt_skips(bad)})")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        m = run(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output_prefix}_{{input_ids,labels}}.{{bin,idx}}: {m['num_rows']} rows, "
+          f"{m['num_conversations']} conversations, {m['num_tokens']} tokens ({m['num_trained_tokens']} trained), "
+          f"fill {m['fill_ratio']:.3f}; skipped: {_fmt_skips(m['skipped']) or 'none'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""End to end: input file -> idx/bin + manifest -> SFTDataset, bad records, threshold, packing, errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from megatron_autoalign.data.preprocess_sft import main
+from megatron_autoalign.data.sft_dataset import SFTDataset, load_manifest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def conv(i, turns=1, system=None):
+    msgs = [{"from": "system", "value": system}] if system else []
+    for t in range(turns):
+        msgs += [{"from": "human", "value": f"Question {i}.{t}: what is {i} plus {t}?"},
+                 {"from": "gpt", "value": f"{i} plus {t} is {i + t}."}]
+    return {"conversations": msgs}
+
+
+def write(path, records, jsonl=False):
+    with open(path, "w") as f:
+        if jsonl:
+            f.write("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+        else:
+            json.dump(records, f)
+    return str(path)
+
+
+def run(tmp_path, tok_dir, inp, *extra, seq_len=256, prefix="out/sft"):
+    prefix = str(tmp_path / prefix)
+    rc = main(["--input", inp, "--output-prefix", prefix, "--hf-model-path", tok_dir, "--seq-len", str(seq_len),
+               "--workers", "1", "--no-progress", *extra])
+    return rc, prefix
+
+
+def test_roundtrip_rows_and_labels(tmp_path, qwen_tokenizer_dir):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+    recs = [conv(i, turns=1 + i % 3, system="Be exact." if i % 2 else None) for i in range(20)]
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, write(tmp_path / "d.json", recs), "--no-packing")
+    assert rc == 0
+    ds = SFTDataset(prefix)
+    m = ds.manifest
+    assert len(ds) == m["num_rows"] == m["num_conversations"] == 20 and m["packing"] is False
+    for i, r in enumerate(ds):
+        assert r["input_ids"].dtype == np.int64 and r["doc_lens"].tolist() == [len(r["input_ids"])]
+        # independent check: the text decoded from the trained tokens is exactly the replies + <|im_end|>
+        trained = r["labels"][r["labels"] != -100]
+        assert np.array_equal(trained, r["input_ids"][r["labels"] != -100])
+        replies = [t["value"] for t in recs[i]["conversations"] if t["from"] == "gpt"]
+        assert tok.decode(trained) == "".join(x + "<|im_end|>" for x in replies)
+        assert tok.decode(r["input_ids"]) == tok.apply_chat_template(
+            [{"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]), "content": t["value"]}
+             for t in recs[i]["conversations"]], tokenize=False)
+    assert m["num_trained_tokens"] == sum(int((r["labels"] != -100).sum()) for r in ds)
+    assert m["tokenizer"]["vocab_size"] == 151665 and m["tokenizer"]["eos_id"] == 151645
+
+
+def test_packing_and_manifest(tmp_path, qwen_tokenizer_dir):
+    recs = [conv(i, turns=1 + i % 4) for i in range(60)]
+    inp = write(tmp_path / "d.jsonl", recs, jsonl=True)
+    rc, packed = run(tmp_path, qwen_tokenizer_dir, inp, "--packing", seq_len=300, prefix="p/sft")
+    rc2, plain = run(tmp_path, qwen_tokenizer_dir, inp, "--no-packing", seq_len=300, prefix="u/sft")
+    assert rc == rc2 == 0
+    P, U = SFTDataset(packed), SFTDataset(plain)
+    assert len(P) < len(U) == 60
+    assert P.manifest["fill_ratio"] > U.manifest["fill_ratio"]
+    # the same multiset of conversations, every row within seq_len, doc boundaries consistent
+    conv_p = sorted(tuple(x) for r in P for x in np.split(r["input_ids"], np.cumsum(r["doc_lens"])[:-1]))
+    conv_u = sorted(tuple(r["input_ids"]) for r in U)
+    assert conv_p == conv_u
+    assert all(len(r["input_ids"]) == r["doc_lens"].sum() <= 300 for r in P)
+    m = P.manifest
+    assert m["format"] == "megatron_autoalign.sft.v1" and m["num_tokens"] == U.manifest["num_tokens"]
+    assert m["fill_ratio"] == pytest.approx(m["num_tokens"] / (m["num_rows"] * 300), abs=1e-6)
+    import hashlib
+    assert m["input_sha256"] == hashlib.sha256(open(inp, "rb").read()).hexdigest()
+
+
+def test_packing_defaults_on_for_long_rows(tmp_path, qwen_tokenizer_dir):
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, write(tmp_path / "d.json", [conv(i) for i in range(5)]),
+                     seq_len=2048)
+    assert rc == 0 and load_manifest(prefix)["packing"] is True and load_manifest(prefix)["num_rows"] == 1
+
+
+BAD = {
+    "malformed_json": '{"conversations": [',
+    "not_an_object": [1, 2],
+    "missing_key": {"dialogue": []},
+    "bad_message": {"conversations": [["human", "hi"], {"from": "gpt", "value": "x"}]},
+    "unknown_role": {"conversations": [{"from": "robot", "value": "hi"}, {"from": "gpt", "value": "x"}]},
+    "empty_text": {"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "x"}]},
+    "non_string_text": {"conversations": [{"from": "human", "value": 42}, {"from": "gpt", "value": "x"}]},
+    "no_assistant_turn": {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "hi"}]},
+    "wrong_order": {"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "hi"}]},
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD))
+def test_each_bad_record_class_is_skipped_and_counted(tmp_path, qwen_tokenizer_dir, reason):
+    recs = [conv(i) for i in range(4)]
+    recs.insert(2, json.dumps(BAD[reason]) if reason != "malformed_json" else BAD[reason])  # line 3
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, write(tmp_path / "d.jsonl", recs, jsonl=True),
+                     "--max-bad-fraction", "0.5")
+    m = load_manifest(prefix)
+    assert rc == 0 and m["skipped"] == {reason: 1} and m["skipped_examples"] == {reason: [3]}
+    assert m["num_conversations"] == 4
+
+
+def test_threshold_fails_before_writing(tmp_path, qwen_tokenizer_dir, capsys):
+    recs = [conv(i) for i in range(98)] + [BAD["unknown_role"], BAD["wrong_order"]]  # 2% bad
+    inp = write(tmp_path / "d.json", recs)
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, inp)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {inp}: record 99: unknown_role") and "2 of 100" in err[0]
+    assert not os.path.exists(os.path.dirname(prefix)) or os.listdir(os.path.dirname(prefix)) == []
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, inp, "--max-bad-fraction", "0.02")  # at threshold: ok
+    assert rc == 0 and load_manifest(prefix)["skipped"] == {"unknown_role": 1, "wrong_order": 1}
+
+
+def test_malformed_json_array_is_fatal(tmp_path, qwen_tokenizer_dir, capsys):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps([conv(0), conv(1)])[:-1] + ', {"conversations": oops}]')
+    rc, _ = run(tmp_path, qwen_tokenizer_dir, str(p))
+    assert rc == 2 and "record 3: malformed JSON" in capsys.readouterr().err
+
+
+def test_too_long_drop_and_turn_truncation(tmp_path, qwen_tokenizer_dir):
+    long = conv(7, turns=6)
+    inp = write(tmp_path / "d.json", [long, conv(1)])
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, inp, "--no-packing", seq_len=120)
+    m = load_manifest(prefix)
+    assert rc == 0 and m["skipped"] == {"too_long": 1} and m["num_conversations"] == 1
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, inp, "--no-packing", "--truncation", "turn", seq_len=120,
+                     prefix="t/sft")
+    ds = SFTDataset(prefix)
+    row = ds[0]
+    assert len(ds) == 2 and len(row["input_ids"]) <= 120
+    # cut at a turn boundary: the row ends with <|im_end|>\n of an assistant turn, replies complete
+    assert row["input_ids"][-2:].tolist() == [151645, 198] and row["labels"][-2:].tolist() == [151645, -100]
+    from transformers import AutoTokenizer
+    text = AutoTokenizer.from_pretrained(qwen_tokenizer_dir).decode(row["labels"][row["labels"] >= 0])
+    assert text.startswith("7 plus 0 is 7.<|im_end|>7 plus 1 is 8.<|im_end|>") and text.endswith(".<|im_end|>")
+
+
+def test_vocab_check_against_config(tmp_path, qwen_tokenizer_dir, capsys):
+    import shutil
+    d = tmp_path / "model"
+    shutil.copytree(qwen_tokenizer_dir, d)
+    inp = write(tmp_path / "d.json", [conv(0)])
+    (d / "config.json").write_text(json.dumps({"vocab_size": 151936}))
+    assert run(tmp_path, str(d), inp, "--extra-vocab-size", "293")[0] == 0
+    assert run(tmp_path, str(d), inp, "--extra-vocab-size", "421")[0] == 2
+    assert "421 + 151643 BPE tokens = 152064 > config vocab_size 151936" in capsys.readouterr().err
+    (d / "config.json").write_text(json.dumps({"vocab_size": 151000}))
+    assert run(tmp_path, str(d), inp)[0] == 2
+    assert "vocab_size 151000 < tokenizer size 151665" in capsys.readouterr().err
+
+
+def test_unknown_template_is_one_line_error(tmp_path, qwen_tokenizer_dir, capsys):
+    rc, _ = run(tmp_path, qwen_tokenizer_dir, write(tmp_path / "d.json", [conv(0)]), "--template", "alpaca")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "known templates: chatml, llama-3-instruct, qwen, hf" in err[0]
+
+
+def test_reader_errors(tmp_path, qwen_tokenizer_dir):
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        SFTDataset(str(tmp_path / "nothing"))
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, write(tmp_path / "d.json", [conv(0)]))
+    m = json.load(open(prefix + "_manifest.json"))
+    m["format"] = "megatron_autoalign.dpo.v1"
+    json.dump(m, open(prefix + "_manifest.json", "w"))
+    with pytest.raises(ValueError, match="expected 'megatron_autoalign.sft.v1'"):
+        load_manifest(prefix)
+
+
+def test_workers_and_shell_wrapper_match_in_process(tmp_path, qwen_tokenizer_dir):
+    recs = [conv(i, turns=1 + i % 3) for i in range(700)]  # > one worker batch
+    inp = write(tmp_path / "d.json", recs)
+    rc, ref = run(tmp_path, qwen_tokenizer_dir, inp, "--packing", seq_len=512, prefix="a/sft")
+    assert rc == 0
+    script = os.path.join(REPO, "toolkits/sft_conv_data_preprocessing/run_build_idxmap_sft_conv_dataset.sh")
+    out = str(tmp_path / "b" / "sft")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    r = subprocess.run(["bash", script, inp, "conversations", "Qwen2Tokenizer", "512", out, qwen_tokenizer_dir,
+                        "293", "qwen", "--packing", "--workers", "2", "--no-progress"],
+                       cwd="/", env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for f in ("_input_ids.bin", "_input_ids.idx", "_labels.bin", "_labels.idx"):
+        assert open(ref + f, "rb").read() == open(out + f, "rb").read(), f
+    assert load_manifest(out)["tokenizer"]["extra_vocab_size"] == 293
