@@ -7,7 +7,7 @@ with this project's ``DocumentCausalAttention`` and sequence-parallel-aware ``RM
 from __future__ import annotations
 
 import torch
-from megatron.core import parallel_state
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
@@ -16,8 +16,68 @@ from megatron.core.transformer.transformer_block import (
 )
 
 from .attention import DocumentCausalAttention
+from .linear_cross_entropy import linear_cross_entropy
 from .norm import RMSNorm
 from .qwen2 import ConfigError, rope_theta, size_of
+
+
+class _DeferredLogitsOutputLayer(tensor_parallel.ColumnParallelLinear):
+    """The output layer; while ``defer_logits`` is set it hands the hidden states through unprojected."""
+
+    defer_logits = False
+
+    def forward(self, input_, weight=None, runtime_gather_output=None):
+        if self.defer_logits:
+            return input_, None
+        return super().forward(input_, weight=weight, runtime_gather_output=runtime_gather_output)
+
+
+class Qwen2GPTModel(GPTModel):
+    """megatron-core GPTModel whose training loss never materialises full-vocabulary logits.
+
+    With labels, the output projection and the cross-entropy run together, chunk by chunk
+    (``linear_cross_entropy``); without labels the model returns logits as usual.
+    """
+
+    def __init__(self, *args, fused_linear_cross_entropy: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fused_linear_cross_entropy = fused_linear_cross_entropy and self.post_process
+        if self.fused_linear_cross_entropy:
+            self.output_layer.__class__ = _DeferredLogitsOutputLayer
+
+    def forward(self, *args, labels=None, **kwargs):
+        defer = self.fused_linear_cross_entropy and labels is not None
+        if defer:
+            self.output_layer.defer_logits = True
+        try:
+            return super().forward(*args, labels=labels, **kwargs)
+        finally:
+            if defer:
+                self.output_layer.defer_logits = False
+
+    def compute_language_model_loss(self, labels, logits):
+        if not (self.fused_linear_cross_entropy and self.output_layer.defer_logits):
+            return super().compute_language_model_loss(labels, logits)
+        hidden = logits  # [s, b, h]: the output layer deferred its projection to here
+        if self.output_layer.sequence_parallel:
+            hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True)
+        else:
+            hidden = tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
+        weight = (
+            self.shared_embedding_or_output_weight()
+            if self.share_embeddings_and_output_weights
+            else self.output_layer.weight
+        )
+        seq, batch = hidden.shape[0], hidden.shape[1]
+        vocab_start = parallel_state.get_tensor_model_parallel_rank() * weight.shape[0]
+        losses = linear_cross_entropy(
+            hidden.reshape(seq * batch, -1),
+            weight,
+            labels.transpose(0, 1).reshape(-1),
+            vocab_start=vocab_start,
+            tp_group=parallel_state.get_tensor_model_parallel_group(),
+        )
+        return losses.view(seq, batch).transpose(0, 1).contiguous()
 
 
 def transformer_engine_available() -> bool:
@@ -67,6 +127,7 @@ def build_gpt_model(
     post_process: bool | None = None,
     vp_stage: int | None = None,
     max_sequence_length: int | None = None,
+    fused_linear_cross_entropy: bool = True,
 ) -> GPTModel:
     """A GPTModel chunk for this rank's pipeline stage (``pre_process``/``post_process`` default to it)."""
     if hf_config.get("use_sliding_window"):
@@ -76,7 +137,7 @@ def build_gpt_model(
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     size = size_of(hf_config)
-    return GPTModel(
+    return Qwen2GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(config, transformer_impl, vp_stage),
         vocab_size=size.vocab_size,
@@ -88,15 +149,16 @@ def build_gpt_model(
         position_embedding_type="rope",
         rotary_base=rope_theta(hf_config),
         vp_stage=vp_stage,
+        fused_linear_cross_entropy=fused_linear_cross_entropy,
     )
 
 
-def build_model_chunks(hf_config: dict, config, transformer_impl: str = "local") -> list[GPTModel]:
+def build_model_chunks(hf_config: dict, config, transformer_impl: str = "local", **kwargs) -> list[GPTModel]:
     """One chunk per virtual pipeline stage (a single chunk without virtual PP)."""
     vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
     if not vpp or vpp == 1:
-        return [build_gpt_model(hf_config, config, transformer_impl)]
-    return [build_gpt_model(hf_config, config, transformer_impl, vp_stage=i) for i in range(vpp)]
+        return [build_gpt_model(hf_config, config, transformer_impl, **kwargs)]
+    return [build_gpt_model(hf_config, config, transformer_impl, vp_stage=i, **kwargs) for i in range(vpp)]
 
 
 def model_dtype_of(config) -> torch.dtype:

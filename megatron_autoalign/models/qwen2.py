@@ -106,6 +106,8 @@ def transformer_config_from_hf(cfg: dict, params_dtype: torch.dtype = torch.floa
 
     size = size_of(cfg)
     head_dim = cfg.get("head_dim") or size.hidden_size // size.num_attention_heads
+    # megatron's fused SwiGLU and bias-dropout-add are torch.compile'd kernels: worth it on GPU only.
+    on_gpu = torch.cuda.is_available()
     fields = dict(
         num_layers=size.num_layers,
         hidden_size=size.hidden_size,
@@ -121,8 +123,8 @@ def transformer_config_from_hf(cfg: dict, params_dtype: torch.dtype = torch.floa
         add_qkv_bias=True,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
+        bias_activation_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
         masked_softmax_fusion=False,
         apply_rope_fusion=False,
         persist_layer_norm=False,
@@ -131,7 +133,7 @@ def transformer_config_from_hf(cfg: dict, params_dtype: torch.dtype = torch.floa
         fp16=params_dtype == torch.float16,
         pipeline_dtype=params_dtype,
         init_method_std=float(cfg.get("initializer_range", 0.02)),
-        use_cpu_initialization=not torch.cuda.is_available(),
+        use_cpu_initialization=not on_gpu,
     )
     fields.update(overrides)
     return TransformerConfig(**fields)

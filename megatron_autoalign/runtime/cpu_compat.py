@@ -55,7 +55,17 @@ class _CudaToCpuMode(TorchFunctionMode):
 
 def _reduce_scatter_tensor(output, input, op=dist.ReduceOp.SUM, group=None, async_op=False):
     reduced = input.clone()
-    work = dist.all_reduce(reduced, op=op, group=group)
+    # megatron issues this inside torch's _coalescing_manager, where all_reduce is only RECORDED and runs
+    # at exit: the slice below would copy unreduced data. Step out of the coalescing state for this call.
+    from torch.distributed import distributed_c10d as c10d
+
+    pg = group or c10d._get_default_group()
+    pending = c10d._world.pg_coalesce_state.pop(pg, None)
+    try:
+        dist.all_reduce(reduced, op=op, group=group)
+    finally:
+        if pending is not None:
+            c10d._world.pg_coalesce_state[pg] = pending
     rank = dist.get_rank(group)
     n = output.numel()
     output.copy_(reduced.view(-1)[rank * n : (rank + 1) * n].view_as(output))

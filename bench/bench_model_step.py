@@ -1,0 +1,176 @@
+"""Component benchmark: one full fine-tuning step of our megatron-core Qwen2 model vs the HF peer.
+
+No data pipeline, no checkpointing: model + DDP + megatron optimizer + forward/backward schedule on random
+tokens, to see where the step time goes (``--profile`` prints a kernel-time breakdown). The end-to-end
+throughput number for users comes from ``bench/bench_sft.py``, which runs the real entry point.
+
+    torchrun --nproc_per_node 1 bench/bench_model_step.py --model-size 1.5B --seq-length 8192 --peer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def hf_config_for(size_name: str) -> dict:
+    from megatron_autoalign.models.qwen2 import QWEN2_5_SIZES
+
+    s = QWEN2_5_SIZES[size_name]
+    return {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "num_hidden_layers": s.num_layers,
+        "hidden_size": s.hidden_size, "intermediate_size": s.ffn_hidden_size,
+        "num_attention_heads": s.num_attention_heads, "num_key_value_heads": s.num_key_value_heads,
+        "vocab_size": s.vocab_size, "tie_word_embeddings": s.tie_word_embeddings, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "max_position_embeddings": 32768, "hidden_act": "silu",
+    }
+
+
+def run_ours(args, hf_config: dict) -> dict:
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.packed_seq_params import PackedSeqParams
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_autoalign.models import build_gpt_model, transformer_config_from_hf
+    from megatron_autoalign.models.flops import peak_tflops, training_flops_per_token
+    from megatron_autoalign.runtime import init_distributed
+    from profile_breakdown import kernel_breakdown
+
+    init_distributed(args.tp, 1)
+    tconfig = transformer_config_from_hf(
+        hf_config, params_dtype=torch.bfloat16, tensor_model_parallel_size=args.tp,
+        sequence_parallel=args.tp > 1,
+    )
+    tconfig.finalize_model_grads_func = finalize_model_grads
+    for field in args.disable:
+        setattr(tconfig, field, False)
+    model = build_gpt_model(hf_config, tconfig, fused_linear_cross_entropy=not args.unfused_loss).cuda()
+    ddp = DistributedDataParallel(
+        tconfig, DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=True,
+                                               use_distributed_optimizer=True), model
+    )
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=1e-5, bf16=True, params_dtype=torch.bfloat16, clip_grad=1.0,
+                        use_distributed_optimizer=True),
+        [ddp],
+    )
+    if not args.no_fused_adam:
+        from megatron_autoalign.runtime.fused_adam import enable_fused_adam
+
+        enable_fused_adam(optimizer)
+    seq, mbs = args.seq_length, args.micro_batch_size
+    tokens = torch.randint(0, 151643, (mbs, seq + 1), device="cuda")
+    positions = torch.arange(seq, device="cuda").expand(mbs, seq)
+    packed = None
+    if args.packed_docs > 1:
+        bounds = torch.linspace(0, seq * mbs, args.packed_docs * mbs + 1).long().tolist()
+        cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
+        packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                                 max_seqlen_q=seq, max_seqlen_kv=seq)
+
+    def forward_step(_, m):
+        inp, lab, pos = tokens[:, :-1], tokens[:, 1:], positions
+        if packed is not None:
+            inp, lab, pos = inp.reshape(1, -1), lab.reshape(1, -1), pos.reshape(1, -1)
+        out = m(inp, pos, None, labels=lab, packed_seq_params=packed)
+
+        def loss_func(per_token):
+            loss = per_token.float().mean()
+            return loss, {"loss": loss.detach()}
+
+        return out, loss_func
+
+    def step():
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=None, model=[ddp],
+                                    num_microbatches=1, seq_length=seq, micro_batch_size=mbs,
+                                    forward_only=False)
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    world = torch.distributed.get_world_size()
+    tokens_per_s = args.steps * mbs * seq * (world // args.tp) / elapsed
+    tflops = tokens_per_s * training_flops_per_token(hf_config, seq) / 1e12 / world
+    peak = peak_tflops(torch.cuda.get_device_name())
+    result = {
+        "system": f"ours_local_spec_tp{args.tp}" + (f"_packed{args.packed_docs}" if packed else "")
+        + ("_unfusedloss" if args.unfused_loss else "") + ("_foreachadam" if args.no_fused_adam else "")
+        + "".join(f"_no-{f}" for f in args.disable),
+        "tokens_per_s": tokens_per_s, "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+    }
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                step()
+            torch.cuda.synchronize()
+        result["breakdown_ms_per_step"] = kernel_breakdown(prof, 2)
+    del ddp, model, optimizer
+    torch.cuda.empty_cache()
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-size", default="1.5B")
+    parser.add_argument("--seq-length", type=int, default=8192)
+    parser.add_argument("--micro-batch-size", type=int, default=1)
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--packed-docs", type=int, default=1, help="documents per row (thd path) when > 1")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peer", action="store_true", help="also run the HF transformers peer")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-fused-adam", action="store_true")
+    parser.add_argument("--unfused-loss", action="store_true", help="materialise logits (megatron's CE)")
+    parser.add_argument("--disable", nargs="*", default=[], help="TransformerConfig fusion flags to turn off")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    hf_config = hf_config_for(args.model_size)
+    results = [run_ours(args, hf_config)]
+    rank = torch.distributed.get_rank()
+    if args.peer and rank == 0:
+        from hf_peer import run_hf_peer
+
+        results.append(run_hf_peer(hf_config, args.seq_length, args.micro_batch_size, args.steps, args.warmup))
+    if rank == 0:
+        print(f"\n{args.model_size} seq {args.seq_length} mbs {args.micro_batch_size} on {torch.cuda.get_device_name()}")
+        print(f"{'system':60s} {'tokens/s':>10s} {'MFU':>6s} {'peak GB':>8s}")
+        for r in results:
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+            print(f"{r['system']:60s} {r['tokens_per_s']:10.0f} {mfu:>6s} {r['peak_memory_gb']:8.1f}")
+        if len(results) == 2:
+            print(f"ratio ours/peer: {results[0]['tokens_per_s'] / results[1]['tokens_per_s']:.2f}x")
+        for r in results:
+            if "breakdown_ms_per_step" in r:
+                print("breakdown (ms/step):", r["breakdown_ms_per_step"])
+        out = json.dumps({"args": vars(args), "results": results}, indent=1)
+        print(out)
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(out)
+
+
+if __name__ == "__main__":
+    main()
