@@ -43,7 +43,7 @@ def run_ours(args, hf_config: dict) -> dict:
     from megatron_autoalign.models import build_gpt_model, transformer_config_from_hf
     from megatron_autoalign.models.flops import peak_tflops, training_flops_per_token
     from megatron_autoalign.runtime import init_distributed
-    from profile_breakdown import kernel_breakdown
+    from profile_breakdown import kernel_breakdown, top_kernels
 
     init_distributed(args.tp, 1)
     tconfig = transformer_config_from_hf(
@@ -125,6 +125,7 @@ def run_ours(args, hf_config: dict) -> dict:
                 step()
             torch.cuda.synchronize()
         result["breakdown_ms_per_step"] = kernel_breakdown(prof, 2)
+        result["top_kernels_ms_per_step"] = top_kernels(prof, 2)
     del ddp, model, optimizer
     torch.cuda.empty_cache()
     return result

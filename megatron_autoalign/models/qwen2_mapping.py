@@ -152,22 +152,30 @@ def mcore_from_hf(read: Callable[[str], torch.Tensor], key: str, layer: int | No
     raise KeyError(f"no HF source for megatron tensor {LAYER_PREFIX}{key} (layer {layer})")
 
 
+def hf_of_mcore(key: str, layer: int, tensor: torch.Tensor, dims: Dims) -> list[tuple[str, torch.Tensor]]:
+    """HF tensors carried by one global megatron layer tensor."""
+    n = hf_layer_names(layer)
+    if key in (QKV_W, QKV_B):
+        names = ("q", "k", "v") if key == QKV_W else ("q_b", "k_b", "v_b")
+        return list(zip((n[x] for x in names), qkv_mcore_to_hf(tensor, dims)))
+    if key == FC1:
+        gate, up = tensor.chunk(2, dim=0)
+        return [(n["gate"], gate.contiguous()), (n["up"], up.contiguous())]
+    simple = {ATTN_NORM: "attn_norm", PROJ: "o", MLP_NORM: "mlp_norm", FC2: "down"}
+    return [(n[simple[key]], tensor)]
+
+
 def hf_from_mcore(get: Callable[[str, int | None], torch.Tensor], dims: Dims) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) for the whole model, in HF order, one layer at a time (streaming)."""
+    """(HF name, tensor) for the whole model, streaming.
+
+    Parameter-major (one megatron key over all layers, then the next): a torch_dist source reads a
+    stacked key in one piece, so this order holds one key in memory at a time. HF files don't care
+    about tensor order (the index maps names to shards).
+    """
     yield "model.embed_tokens.weight", get(EMBEDDING, None)
-    for layer in range(dims.num_layers):
-        n = hf_layer_names(layer)
-        q, k, v = qkv_mcore_to_hf(get(QKV_W, layer), dims)
-        qb, kb, vb = qkv_mcore_to_hf(get(QKV_B, layer), dims)
-        gate, up = get(FC1, layer).chunk(2, dim=0)
-        yield from (
-            (n["attn_norm"], get(ATTN_NORM, layer)),
-            (n["q"], q), (n["k"], k), (n["v"], v), (n["q_b"], qb), (n["k_b"], kb), (n["v_b"], vb),
-            (n["o"], get(PROJ, layer)),
-            (n["mlp_norm"], get(MLP_NORM, layer)),
-            (n["gate"], gate.contiguous()), (n["up"], up.contiguous()),
-            (n["down"], get(FC2, layer)),
-        )
+    for key in LAYER_KEYS:
+        for layer in range(dims.num_layers):
+            yield from hf_of_mcore(key, layer, get(key, layer), dims)
     yield "model.norm.weight", get(FINAL_NORM, None)
     if not dims.tied:  # tied models stay tied: HF re-ties lm_head to the embedding on load
         yield "lm_head.weight", get(OUTPUT, None)

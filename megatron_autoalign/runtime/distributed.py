@@ -43,20 +43,16 @@ def init_distributed(
         cpu_compat.activate()
 
     if not dist.is_initialized():
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
         if torch.cuda.is_available():
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local_rank)
-            backend = "nccl"
-        else:
-            backend = "gloo"
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # Under torchrun the rendezvous comes from the environment; a plain process gets a private
+        # one-rank group (nothing is written to os.environ, so child processes start clean).
+        under_launcher = "MASTER_ADDR" in os.environ and "WORLD_SIZE" in os.environ
         dist.init_process_group(
-            backend=backend,
-            rank=int(os.environ["RANK"]),
-            world_size=int(os.environ["WORLD_SIZE"]),
+            backend="nccl" if torch.cuda.is_available() else "gloo",
+            init_method=None if under_launcher else f"tcp://127.0.0.1:{_free_port()}",
+            rank=int(os.environ.get("RANK", "0")) if under_launcher else 0,
+            world_size=int(os.environ["WORLD_SIZE"]) if under_launcher else 1,
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
 

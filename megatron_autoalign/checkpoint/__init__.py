@@ -1,0 +1,45 @@
+"""Checkpoint I/O: streaming safetensors, Megatron torch_dist and legacy layouts, HF <-> Megatron conversion.
+
+For the trainer:
+- ``load_megatron_checkpoint_weights(model_chunks, ckpt_dir)``: weights of a converted or trained
+  checkpoint (either layout, ``release`` or ``iter_N``, any TP/PP) into live model chunks.
+- ``read_tracker(ckpt_dir)``: ``'release'`` or the iteration number.
+"""
+
+from __future__ import annotations
+
+from .errors import CheckpointError
+from .layout import detect_format, iteration_dir, read_tracker, resolve_checkpoint, write_tracker
+
+
+def load_megatron_checkpoint_weights(model_chunks, ckpt_dir: str) -> str:
+    """Fill live GPTModel chunks (this rank's TP/PP/VPP stage) from a Megatron checkpoint; returns its format.
+
+    ``ckpt_dir`` is a checkpoint root (with the tracker) or an iteration folder. torch_dist goes through
+    ``dist_checkpointing.load`` with the chunks' own sharded state dicts; legacy through our reader, which
+    merges the saved TP/PP shards and hands each rank its slice.
+    """
+    from ..models.qwen2_mapping import _dims_of_model, fill_sharded_state_dict
+    from .legacy import LegacySource
+    from .torch_dist import load_torch_dist_into_chunks
+
+    chunks = model_chunks if isinstance(model_chunks, (list, tuple)) else [model_chunks]
+    iter_dir, fmt = resolve_checkpoint(ckpt_dir)
+    if fmt == "torch_dist":
+        load_torch_dist_into_chunks(list(chunks), iter_dir)
+    else:
+        source = LegacySource(iter_dir, _dims_of_model(chunks[0]))
+        for chunk in chunks:
+            fill_sharded_state_dict(chunk.sharded_state_dict(), source)
+    return fmt
+
+
+__all__ = [
+    "CheckpointError",
+    "detect_format",
+    "iteration_dir",
+    "load_megatron_checkpoint_weights",
+    "read_tracker",
+    "resolve_checkpoint",
+    "write_tracker",
+]

@@ -1,0 +1,181 @@
+"""HF <-> Megatron conversion for Qwen2.5 (single process, CPU is enough; no torchrun).
+
+    python -m megatron_autoalign.checkpoint.convert --load-path HF_DIR --save-path MG_DIR \\
+        --model-size 1.5B --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --precision bf16
+    python -m megatron_autoalign.checkpoint.convert --mg2hf --load-path MG_DIR --save-path HF_OUT \\
+        --hf-ckpt-path ORIGINAL_HF_DIR --precision bf16
+
+Bad input ends with one line ``error: <file>: <reason>`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .errors import CheckpointError
+from .layout import DTYPES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m megatron_autoalign.checkpoint.convert",
+        description="Convert Qwen2.5 checkpoints between HF safetensors and Megatron (torch_dist or legacy torch).",
+    )
+    p.add_argument("--load-path", required=True, help="source: an HF model dir (HF->MG) or a Megatron checkpoint dir (MG->HF; root with tracker, or release/ / iter_N/)")
+    p.add_argument("--save-path", required=True, help="destination directory; must not exist or be empty")
+    p.add_argument("--model-size", default="auto", help="0.5B, 1.5B, 3B, 7B, 14B, 32B, 72B (checked against config.json) or auto")
+    p.add_argument("--tensor-model-parallel-size", "--tp", dest="tp", type=int, default=1,
+                   help="TP: the layout of a legacy checkpoint; for torch_dist only validated and recorded (it loads at any TP)")
+    p.add_argument("--pipeline-model-parallel-size", "--pp", dest="pp", type=int, default=1,
+                   help="PP: as for TP; uneven splits put the extra layers on the first and last stages")
+    p.add_argument("--precision", choices=sorted(DTYPES), default="bf16", help="dtype of the written weights")
+    p.add_argument("--use-te", type=_bool, default=True, metavar="{true,false}",
+                   help="legacy layout naming: Transformer Engine spec (norms inside linear_qkv/linear_fc1) or local spec")
+    p.add_argument("--mg2hf", action="store_true", help="Megatron -> HF (default: HF -> Megatron)")
+    p.add_argument("--hf-ckpt-path", default=None,
+                   help="MG->HF: the original HF model dir supplying config.json and tokenizer files "
+                        "(default: the copies written next to the Megatron checkpoint)")
+    p.add_argument("--ckpt-format", choices=("torch_dist", "torch"), default="torch_dist",
+                   help="HF->MG output layout: torch_dist (default, reshardable) or legacy torch mp_rank_TT_PPP")
+    p.add_argument("--max-shard-size", default="1GB", help="MG->HF: largest safetensors shard (e.g. 2GB, 500MB)")
+    p.add_argument("--verify", action="store_true",
+                   help="after converting, run HF and Megatron models on the same tokens and print logits max-abs diff and cosine")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _check_destination(path: str) -> None:
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise CheckpointError(f"{path}: destination exists and is not empty; choose a new directory")
+
+
+def _check_model(hf_config: dict, args, where: str) -> None:
+    from ..models.qwen2 import ConfigError, check_model_size, check_tensor_parallel, size_of
+
+    try:
+        check_model_size(args.model_size, hf_config)
+        check_tensor_parallel(hf_config, args.tp)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    layers = size_of(hf_config).num_layers
+    if args.tp < 1 or args.pp < 1 or args.pp > layers:
+        raise CheckpointError(f"{where}: PP={args.pp} must be between 1 and the number of layers ({layers})")
+
+
+def hf_to_megatron(args, progress) -> None:
+    from ..models.qwen2_mapping import Dims, HFSource
+    from .layout import copy_hf_side_files, iteration_dir, megatron_args, write_tracker
+    from .safetensors_io import open_hf_reader
+
+    reader = open_hf_reader(args.load_path)
+    config_file = os.path.join(args.load_path, "config.json")
+    _check_model(reader.config, args, config_file)
+    dtype = DTYPES[args.precision]
+    source = HFSource(reader, Dims.from_hf_config(reader.config))
+    os.makedirs(args.save_path, exist_ok=True)
+    iter_dir = iteration_dir(args.save_path, "release")
+    os.makedirs(iter_dir, exist_ok=True)
+    common = {
+        "args": megatron_args(reader.config, args.tp, args.pp, dtype, args.use_te),
+        "checkpoint_version": 3.0,
+        "iteration": 0,
+    }
+    try:
+        if args.ckpt_format == "torch_dist":
+            from .torch_dist import save_torch_dist
+
+            save_torch_dist(source, reader.config, iter_dir, dtype, common, progress=progress("HF -> torch_dist"))
+        else:
+            from .legacy import save_legacy
+
+            save_legacy(source, reader.config, iter_dir, dtype, args.tp, args.pp, args.use_te, common,
+                        progress=progress("HF -> legacy stages"))
+    except ValueError as e:  # a shape that disagrees with config.json
+        raise CheckpointError(f"{args.load_path}: {e}") from None
+    copy_hf_side_files(args.load_path, args.save_path)
+    write_tracker(args.save_path, "release")  # last: the checkpoint is complete now
+
+
+def open_megatron_source(path: str, hf_config: dict):
+    from ..models.qwen2_mapping import Dims
+    from .layout import resolve_checkpoint
+
+    iter_dir, fmt = resolve_checkpoint(path)
+    dims = Dims.from_hf_config(hf_config)
+    if fmt == "torch_dist":
+        from .torch_dist import TorchDistSource
+
+        return TorchDistSource(iter_dir, dims)
+    from .legacy import LegacySource
+
+    return LegacySource(iter_dir, dims)
+
+
+def megatron_to_hf(args, progress) -> None:
+    from ..models.qwen2 import ConfigError, load_hf_config
+    from .hf_export import write_hf_checkpoint
+    from .layout import hf_side_dir
+    from .safetensors_io import parse_size
+
+    side = args.hf_ckpt_path or hf_side_dir(args.load_path)
+    if side is None:
+        raise CheckpointError(f"{args.load_path}: no config.json next to the checkpoint; pass --hf-ckpt-path ORIGINAL_HF_PATH")
+    try:
+        hf_config = load_hf_config(side)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    _check_model(hf_config, args, os.path.join(side, "config.json"))
+    source = open_megatron_source(args.load_path, hf_config)
+    try:
+        write_hf_checkpoint(source, hf_config, side, args.save_path, DTYPES[args.precision],
+                            parse_size(args.max_shard_size), progress=progress("Megatron -> HF"))
+    except ValueError as e:
+        raise CheckpointError(f"{args.load_path}: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def progress(desc):
+        if args.no_progress:
+            return None
+        from tqdm import tqdm
+
+        return lambda it, total=None: tqdm(it, desc=desc, total=total, file=sys.stderr)
+
+    start = time.time()
+    try:
+        _check_destination(args.save_path)
+        if args.mg2hf:
+            megatron_to_hf(args, progress)
+        else:
+            hf_to_megatron(args, progress)
+        print(f"converted {args.load_path} -> {args.save_path} in {time.time() - start:.1f}s", flush=True)
+        if args.verify:
+            from .verify import verify
+
+            hf_dir, mg_dir = (args.save_path, args.load_path) if args.mg2hf else (args.load_path, args.save_path)
+            verify(hf_dir, mg_dir)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        from ..runtime import destroy_distributed
+
+        destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

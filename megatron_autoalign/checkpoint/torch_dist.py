@@ -1,0 +1,120 @@
+"""``torch_dist`` (megatron-core dist_checkpointing) checkpoints: write from a source, read back.
+
+Writing builds a TP1PP1 GPTModel on the *meta* device only for its ``sharded_state_dict()``: the exact
+keys, global shapes and ShardedObjects megatron (and Megatron-LM, which saves
+``{"model": model.sharded_state_dict(), "args", "checkpoint_version", "iteration", ...}``) expects.
+Each ShardedTensor then receives its tensor from the source, so the process holds one copy of the
+weights and nothing else. Such a checkpoint loads at any TP/PP.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.qwen2_mapping import LAYER_KEYS, LAYER_PREFIX, Dims, fill_sharded_state_dict
+from .errors import CheckpointError
+
+
+def ensure_process_group() -> None:
+    """dist_checkpointing needs torch.distributed; a plain process becomes a world of one (gloo)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from ..runtime import init_distributed
+
+    if not dist.is_initialized() or not parallel_state.model_parallel_is_initialized():
+        init_distributed(1, 1)
+
+
+def meta_model(hf_config: dict, dtype: torch.dtype):
+    from ..models import build_gpt_model, transformer_config_from_hf
+
+    config = transformer_config_from_hf(hf_config, dtype, perform_initialization=False)
+    with torch.device("meta"):
+        return build_gpt_model(hf_config, config, pre_process=True, post_process=True)
+
+
+def save_torch_dist(source, hf_config: dict, iter_dir: str, dtype: torch.dtype, common: dict, progress=None) -> None:
+    """Write ``{"model": <filled sharded state dict>, **common}`` to ``iter_dir`` (synchronous)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+
+    ensure_process_group()
+    model = meta_model(hf_config, dtype)
+    state = {"model": fill_sharded_state_dict(model.sharded_state_dict(), source, replace_data=True, progress=progress)}
+    state.update(common)
+    dist_checkpointing.save(state, iter_dir, sharded_strategy=get_default_save_sharded_strategy("torch_dist"))
+
+
+def load_torch_dist_into_chunks(model_chunks: list, iter_dir: str, strict: bool = True) -> None:
+    """Load model weights into live chunks at any TP/PP/VPP (what Megatron-LM's loader does)."""
+    from megatron.core import dist_checkpointing
+
+    names = ["model"] if len(model_chunks) == 1 else [f"model{i}" for i in range(len(model_chunks))]
+    # ShardedTensor keys are global, so every chunk reads from the same tensors whatever its dict key.
+    request = {n: c.sharded_state_dict() for n, c in zip(names, model_chunks)}
+    loaded = dist_checkpointing.load(request, iter_dir, validate_access_integrity=False)
+    for n, c in zip(names, model_chunks):
+        c.load_state_dict(loaded[n], strict=strict)
+
+
+class TorchDistSource:
+    """Global tensors of a torch_dist checkpoint, read one stacked key (all layers) at a time.
+
+    No model is needed: ShardedTensor templates are enough for dist_checkpointing to read a key.
+    A key is read whole because single-process loading must cover every fragment of the layer axis
+    (megatron's torch_dist strategy places fragments it does not hold on rank+1, i.e. on us).
+    Memory: the largest stacked key (fc1) plus what the caller keeps.
+    """
+
+    def __init__(self, iter_dir: str, dims: Dims):
+        from megatron.core import dist_checkpointing
+
+        ensure_process_group()
+        self.iter_dir, self.dims = iter_dir, dims
+        self.meta = dist_checkpointing.load_tensors_metadata(iter_dir)
+        for key in (LAYER_PREFIX + k for k in LAYER_KEYS):
+            if key not in self.meta:
+                raise CheckpointError(f"{iter_dir}: tensor {key} is missing from the checkpoint")
+            if self.meta[key].global_shape[0] != dims.num_layers:
+                raise CheckpointError(
+                    f"{iter_dir}: {key} has {self.meta[key].global_shape[0]} layers, config.json says {dims.num_layers}"
+                )
+        self._key: str | None = None
+        self._layers: list[torch.Tensor] = []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.meta[EMB_KEY].dtype
+
+    def _load(self, request: dict) -> dict:
+        from megatron.core import dist_checkpointing
+
+        return dist_checkpointing.load(request, self.iter_dir, validate_access_integrity=False)
+
+    def get(self, key: str, layer: int | None = None) -> torch.Tensor:
+        from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+        if layer is None:
+            if key not in self.meta:
+                raise CheckpointError(f"{self.iter_dir}: tensor {key} is missing from the checkpoint")
+            meta = self.meta[key]
+            template = ShardedTensor.from_rank_offsets(key, torch.empty(tuple(meta.global_shape), dtype=meta.dtype), replica_id=0)
+            return self._load({key: template})[key]
+        if key != self._key:
+            self._key, self._layers = None, []  # release the previous key before reading the next
+            full_key = LAYER_PREFIX + key
+            meta = self.meta[full_key]
+            shape, n = tuple(meta.global_shape[1:]), meta.global_shape[0]
+            request = {
+                str(l): ShardedTensor.from_rank_offsets(
+                    full_key, torch.empty(shape, dtype=meta.dtype), (0, l, n), replica_id=0, prepend_axis_num=1
+                )
+                for l in range(n)
+            }
+            loaded = self._load(request)
+            self._key, self._layers = key, [loaded[str(l)] for l in range(n)]
+        return self._layers[layer]
+
+
+EMB_KEY = "embedding.word_embeddings.weight"
