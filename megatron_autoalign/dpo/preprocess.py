@@ -1,0 +1,227 @@
+"""Preference pairs (JSON array or JSONL) -> DPO idx/bin + manifest.
+
+    python -m megatron_autoalign.dpo.preprocess --input prefs.json --output-prefix out/dpo \
+        --hf-model-path Qwen2.5-0.5B-Instruct --seq-len 2048 --template qwen
+
+Same templates, masks, manifest and bad-input rules as SFT (``data/``), with two DPO rules:
+- only the final reply (chosen or rejected) is trained; earlier assistant turns are prompt context;
+- a pair never splits: each row holds whole pairs as consecutive documents [chosen, rejected, ...].
+``--seq-len`` bounds each sequence (chosen or rejected, prompt included); a packed row holds several
+pairs in at most 2 x seq-len tokens, an unpacked row exactly one pair.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing as mp
+import os
+import sys
+
+import numpy as np
+
+from ..data.conversations import INVALID_REASONS, DataError, InputReader
+from ..data.encoder import IGNORE_INDEX, PieceEncoder, build_encoder
+from ..data.indexed import AlignedWriter
+from ..data.packing import Packer
+from ..data.preprocess_sft import check_vocab, load_tokenizer
+from ..data.templates import KNOWN, TemplateError, get_template
+from .dataset import DPO_FORMAT, FIELDS
+from .pairs import PAIR_INVALID_REASONS, parse_pair
+
+BATCH = 128  # records per worker task
+EXAMPLES_PER_REASON = 5
+BAD_REASONS = tuple(INVALID_REASONS) + PAIR_INVALID_REASONS
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m megatron_autoalign.dpo.preprocess", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="JSON array or JSONL file of preference pairs")
+    p.add_argument("--output-prefix", required=True,
+                   help="writes PREFIX_{input_ids,labels}.{bin,idx} + PREFIX_manifest.json")
+    p.add_argument("--hf-model-path", required=True, help="directory with the tokenizer (and config.json)")
+    p.add_argument("--seq-len", type=int, required=True, help="maximum tokens of each sequence (chosen or rejected)")
+    p.add_argument("--key", default="conversations", help="record key holding the prompt turns")
+    p.add_argument("--tokenizer-class", default="Qwen2Tokenizer")
+    p.add_argument("--extra-vocab-size", type=int, default=0)
+    p.add_argument("--template", default="qwen", help=f"one of: {', '.join(KNOWN)}")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--packing", dest="packing", action="store_true", default=None)
+    g.add_argument("--no-packing", dest="packing", action="store_false")
+    p.add_argument("--pack-buffer", type=int, default=8192, help="pairs per packing window")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01)
+    p.add_argument("--encoder", choices=("auto", "fast", "hf"), default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.seq_len <= 0 or a.extra_vocab_size < 0 or a.workers < 1:
+        p.error("--seq-len and --workers must be positive, --extra-vocab-size >= 0")
+    if a.packing is None:
+        a.packing = a.seq_len >= 2048  # the SFT default
+    return a
+
+
+def encode_conversation(penc, template, conv) -> tuple[list[int], np.ndarray]:
+    """(ids, labels) with only the LAST assistant reply trained (reply + its end-of-turn token)."""
+    ids, labels, turn_ends = penc(template.render(conv))
+    labels = np.asarray(labels, dtype=np.int32)
+    if len(turn_ends) > 1:
+        labels[:turn_ends[-2]] = IGNORE_INDEX  # earlier replies are context, identical on both sides
+    return ids, labels
+
+
+def _first_trained(labels: np.ndarray) -> int:
+    nz = np.flatnonzero(labels != IGNORE_INDEX)
+    return int(nz[0]) if len(nz) else -1
+
+
+# --- worker side (state set in the parent before forking) ---------------------------------------------
+_W: dict = {}
+
+
+def _encode_batch(batch):
+    key, template, penc, seq_len = _W["key"], _W["template"], _W["penc"], _W["seq_len"]
+    pairs, skips = [], []
+    for recno, record, reason in batch:
+        pair = None
+        if reason is None:
+            pair, reason = parse_pair(record, key)
+        if reason is None:
+            try:
+                sides = [encode_conversation(penc, template, conv) for conv in pair]
+            except TemplateError:
+                reason = "template_error"
+        if reason is None:
+            (ci, cl), (ri, rl) = sides
+            pc, pr = _first_trained(cl), _first_trained(rl)
+            if max(len(ci), len(ri)) > seq_len:
+                reason = "too_long"
+            elif pc < 0 or pr < 0:
+                reason = "no_trained_tokens"
+            elif pc != pr or ci[:pc] != ri[:pr]:
+                reason = "template_error"  # the two sides must share the prompt tokens exactly
+        if reason is not None:
+            skips.append((recno, reason))
+            continue
+        pairs.append((np.asarray(ci, np.int32), cl, np.asarray(ri, np.int32), rl))
+    return pairs, skips
+
+
+def _batches(reader, size):
+    it = iter(reader)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def _sample_texts(batch, key, limit=64):
+    out = []
+    for _, rec, reason in batch:
+        pair, bad = parse_pair(rec, key) if reason is None else (None, reason)
+        out += [t for conv in pair or () for _, t in conv]
+    return out[:limit]
+
+
+def _fmt(skipped: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
+
+
+def run(args) -> dict:
+    tok = load_tokenizer(args.hf_model_path, args.tokenizer_class)
+    check_vocab(tok, args.hf_model_path, args.extra_vocab_size)
+    reader = InputReader(args.input)
+    batches = _batches(reader, BATCH)
+    first = next(batches, [])
+    enc = build_encoder(tok, args.encoder, _sample_texts(first, args.key))
+    try:
+        template = get_template(args.template, tok, list(enc.special_ids))
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    _W.update(key=args.key, template=template, penc=PieceEncoder(enc), seq_len=args.seq_len)
+
+    capacity = 2 * args.seq_len if args.packing else None
+    packer = Packer(capacity or 1, args.packing, args.pack_buffer)
+    stats = {"records": 0, "pairs": 0, "trained": 0}
+    skipped: dict[str, int] = {}
+    examples: dict[str, list[int]] = {}
+    from tqdm import tqdm
+    bar = tqdm(desc="pairs", unit="rec", disable=True if args.no_progress else None, mininterval=1.0)
+    all_batches = itertools.chain([first] if first else [], batches)
+    pool = None
+    if args.workers > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        pool = mp.get_context("fork").Pool(args.workers)
+        results = pool.imap(_encode_batch, all_batches, chunksize=1)
+    else:
+        results = map(_encode_batch, all_batches)
+
+    def write_rows(writer, rows):
+        for row in rows:  # row: list of pairs; documents in order chosen, rejected, chosen, ...
+            docs = [d for pair in row for d in (pair[0], pair[2])]
+            labs = [lab for pair in row for lab in (pair[1], pair[3])]
+            writer.add_row({"input_ids": np.concatenate(docs), "labels": np.concatenate(labs)},
+                           [len(d) for d in docs])
+
+    try:
+        with AlignedWriter(args.output_prefix, FIELDS) as writer:
+            for pairs, skips in results:
+                for recno, reason in skips:
+                    skipped[reason] = skipped.get(reason, 0) + 1
+                    if len(ex := examples.setdefault(reason, [])) < EXAMPLES_PER_REASON:
+                        ex.append(recno)
+                for pair in pairs:
+                    write_rows(writer, packer.add(len(pair[0]) + len(pair[2]), pair))
+                    stats["trained"] += int((pair[1] != IGNORE_INDEX).sum() + (pair[3] != IGNORE_INDEX).sum())
+                stats["records"] += len(pairs) + len(skips)
+                stats["pairs"] += len(pairs)
+                bar.update(len(pairs) + len(skips))
+            write_rows(writer, packer.flush())
+            bar.close()
+            _check_threshold(args, stats["records"], skipped, examples)
+            if writer.num_rows == 0:
+                raise DataError(f"{args.input}: no usable preference pairs ({_fmt(skipped) or 'empty input'})")
+            manifest = {
+                "format": DPO_FORMAT,
+                "tokenizer": {"name_or_path": args.hf_model_path, "class": args.tokenizer_class,
+                              "vocab_size": len(tok), "extra_vocab_size": args.extra_vocab_size,
+                              "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id},
+                "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
+                "row_capacity": capacity or 2 * args.seq_len,
+                "num_rows": writer.num_rows, "num_pairs": stats["pairs"],
+                "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
+                "skipped": skipped, "skipped_examples": examples,
+                "input_sha256": reader.sha256.hexdigest(),
+                "created_by": "megatron_autoalign.dpo.preprocess",
+                "num_records": stats["records"], "encoder": enc.name,
+                "reference": None,  # filled by megatron_autoalign.dpo.score_reference
+            }
+            writer.commit(manifest)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    return manifest
+
+
+def _check_threshold(args, records: int, skipped: dict, examples: dict) -> None:
+    bad = {r: n for r, n in skipped.items() if r in BAD_REASONS}
+    nbad = sum(bad.values())
+    if records and nbad / records > args.max_bad_fraction:
+        reason = max(bad, key=bad.get)
+        raise DataError(f"{args.input}: record {examples[reason][0]}: {reason} ({nbad} of {records} records "
+                        f"invalid = {100 * nbad / records:.2f}% > {100 * args.max_bad_fraction:g}%: {_fmt(bad)})")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        m = run(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output_prefix}_{{input_ids,labels}}.{{bin,idx}}: {m['num_rows']} rows, {m['num_pairs']} pairs, "
+          f"{m['num_tokens']} tokens ({m['num_trained_tokens']} trained); skipped: {_fmt(m['skipped']) or 'none'}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

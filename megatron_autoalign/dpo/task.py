@@ -1,0 +1,193 @@
+"""DPO (and its loss family) as a ``Task`` of the shared training loop (contract: ``training/task.py``).
+
+A sample is a dataset row: one pair, or several whole pairs when the data is packed. The loss is the
+mean over the pairs of the global batch (count = pairs). Reference log-probs come from
+- ``--reference online``: the loop's frozen reference model (same TP/PP), scored by a forward-only
+  schedule over the step's micro-batches before the policy's forward/backward;
+- ``--reference precomputed``: the dataset's recorded scoring pass (``dpo.score_reference``), no
+  reference model at all;
+- nothing for SimPO (reference-free).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.packed_seq_params import PackedSeqParams
+
+from ..training.sft_batch import row_capacity
+from ..training.sft_task import _Range, max_docs_per_row, split_ranges
+from ..training.task import Task, TaskContext
+from .batch import collate_pairs
+from .dataset import PreferenceDataset
+from .logprobs import sequence_logps
+from .losses import LOSS_TYPES, PreferenceLossConfig, preference_loss
+
+
+class DPOTask(Task):
+    name = "dpo"
+    primary_metric = "loss"
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.loss_cfg = PreferenceLossConfig(args.loss_type, args.beta, args.label_smoothing, args.rpo_alpha,
+                                             args.simpo_gamma)
+        if not self.loss_cfg.needs_reference:
+            args.reference = "none"
+        self.needs_reference_model = args.reference == "online"
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        g = parser.add_argument_group("DPO")
+        g.add_argument("--loss-type", choices=LOSS_TYPES, default="sigmoid")
+        g.add_argument("--beta", type=float, default=0.1, help="inverse temperature of the implicit reward")
+        g.add_argument("--label-smoothing", type=float, default=0.0, help="cDPO epsilon (sigmoid, rpo)")
+        g.add_argument("--rpo-alpha", type=float, default=1.0, help="weight of the chosen NLL (rpo)")
+        g.add_argument("--simpo-gamma", type=float, default=0.5, help="target reward margin (simpo)")
+        g.add_argument("--reference", choices=("online", "precomputed"), default="online",
+                       help="online: frozen reference model; precomputed: log-probs from dpo.score_reference")
+        if not any("--ref-load" in a.option_strings for a in parser._actions):
+            g.add_argument("--ref-load", default=None,
+                           help="reference checkpoint (default: --pretrained-checkpoint)")
+
+    # --- data -----------------------------------------------------------------------------------------
+    def build_datasets(self, ctx: TaskContext):
+        args = self.args
+        use_ref = args.reference == "precomputed"
+        full = PreferenceDataset(args.data_path, use_reference=use_ref)
+        ctx.manifest = self.manifest = full.manifest
+        train_r, valid_r, _ = split_ranges(len(full), args.split_fractions)
+        train = _Range(full, *train_r)
+        valid = _Range(full, *valid_r) if valid_r[1] > valid_r[0] else None
+        prefixes = [args.data_path]
+        if args.valid_data_path:
+            vds = PreferenceDataset(args.valid_data_path, use_reference=use_ref)
+            if vds.manifest["seq_len"] != self.manifest["seq_len"]:
+                raise ValueError(f"{args.valid_data_path}: seq_len {vds.manifest['seq_len']} differs from the "
+                                 f"training data's {self.manifest['seq_len']}")
+            valid = _Range(vds, 0, len(vds))
+            prefixes.append(args.valid_data_path)
+        if len(train) == 0:
+            raise ValueError(f"{args.data_path}: no training rows (split {args.split})")
+        self.setup_layout(max(max_docs_per_row(p) for p in prefixes))
+        return train, valid
+
+    def setup_layout(self, max_docs: int, manifest: dict | None = None) -> None:
+        """Row capacity and padding from the manifest (``max_docs``: most documents in any row)."""
+        if manifest is not None:
+            self.manifest = manifest
+        args, m = self.args, self.manifest
+        if args.seq_length is None:
+            args.seq_length = int(m["seq_len"])
+        seq = args.max_padding_length or args.seq_length  # per sequence (chosen or rejected)
+        if seq < args.seq_length:
+            raise ValueError(f"--max-padding-length {seq} is shorter than --seq-length {args.seq_length}")
+        self.packed = bool(m["packing"])
+        self.cp = parallel_state.get_context_parallel_world_size()
+        self.cp_rank = parallel_state.get_context_parallel_rank()
+        tp_sp = args.tensor_model_parallel_size if args.sequence_parallel else 1
+        # packed rows hold pairs in 2 x seq tokens; unpacked, every sequence is its own [capacity] row
+        self.capacity = row_capacity(2 * seq if self.packed else seq, self.cp, tp_sp, max_docs, self.packed)
+        tok = m.get("tokenizer") or {}
+        pad = tok.get("pad_id")
+        self.pad_id = int(pad if pad is not None else tok.get("eos_id") or 0)
+
+    def check(self, ctx: TaskContext) -> None:
+        m, args = self.manifest, self.args
+        if int(m["seq_len"]) != args.seq_length:
+            raise ValueError(f"{args.data_path}_manifest.json: data was preprocessed with seq_len {m['seq_len']} "
+                             f"but --seq-length is {args.seq_length}")
+        if args.reference == "precomputed":
+            self._check_recorded_reference()
+        vocab = ctx.hf_config["vocab_size"]
+        if int((m.get("tokenizer") or {}).get("vocab_size") or 0) > vocab:
+            raise ValueError(f"{args.data_path}_manifest.json: tokenizer has {m['tokenizer']['vocab_size']} tokens "
+                             f"but the model vocab is {vocab}")
+
+    def _check_recorded_reference(self) -> None:
+        """Recorded log-probs of another checkpoint or precision still train, but not against the intended
+        reference: say so (a warning, not an error: checkpoints get moved)."""
+        from ..runtime import print_rank_0
+
+        entry, args = self.manifest.get("reference") or {}, self.args
+        source = os.path.abspath(args.ref_load or args.pretrained_checkpoint or "")
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        if entry.get("checkpoint") != source or entry.get("precision") != precision:
+            print_rank_0(f"warning: {args.data_path}: reference log-probs were scored from {entry.get('checkpoint')} "
+                         f"({entry.get('precision')}), this run's reference is {source} ({precision})")
+
+    def pipeline_shape(self) -> tuple[int, int]:
+        mbs = self.args.micro_batch_size
+        return (mbs * self.capacity, 1) if self.packed else (self.capacity, 2 * mbs)
+
+    def collate(self, samples: list) -> dict:
+        return collate_pairs(samples, self.packed, self.capacity, self.cp, self.cp_rank, self.pad_id)
+
+    def flops_multiplier(self) -> float:
+        return 4 / 3 if self.needs_reference_model else 1.0  # + one forward (1/3 of fwd+bwd)
+
+    # --- forward and loss ----------------------------------------------------------------------------
+    @staticmethod
+    def _run(model, batch):
+        """Per-token CE of the batch's targets (last stage) or the stage's activations (other stages)."""
+        packed = None
+        if "cu_seqlens_padded" in batch:
+            cu, cu_pad, mx = batch["cu_seqlens"], batch["cu_seqlens_padded"], batch["max_seqlen"]
+            packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_pad,
+                                     cu_seqlens_kv_padded=cu_pad, max_seqlen_q=mx, max_seqlen_kv=mx)
+        # -100 targets stay as they are: the model's CEs (the fused linear CE, megatron's vocab-parallel CE)
+        # give them loss 0 / treat them as out of range, and seq_ids excludes them from the sums anyway.
+        return model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"], packed_seq_params=packed)
+
+    def forward_step(self, batch: dict, model):
+        return self._run(model, batch), functools.partial(self._loss, batch)
+
+    def _logps(self, batch, per_token_ce):
+        """[P, 2] (chosen, rejected) summed log-probs of whole sequences (CP partial sums reduced)."""
+        sums = sequence_logps(per_token_ce, batch["seq_ids"], 2 * batch["num_pairs"],
+                              parallel_state.get_context_parallel_group() if self.cp > 1 else None)
+        return sums.view(-1, 2)
+
+    def _loss(self, batch, per_token_ce):
+        logps = self._logps(batch, per_token_ce)
+        lens = batch["seq_trained"].view(-1, 2)
+        ref = batch.get("ref_logps")
+        if self.loss_cfg.needs_reference and ref is None:
+            raise RuntimeError("DPO loss: the batch has no reference log-probs (prepare_global_batch did not run?)")
+        ref_c, ref_r = (ref[:, 0], ref[:, 1]) if ref is not None else (None, None)
+        losses, metrics = preference_loss(self.loss_cfg, logps[:, 0], logps[:, 1], lens[:, 0], lens[:, 1], ref_c, ref_r)
+        loss_sum = losses.sum()
+        # CP: every CP rank holds the full loss (its gradient flows to its own tokens); count the pairs once.
+        n = batch["num_pairs"] if self.cp_rank == 0 else 0
+        count = torch.tensor(n, dtype=torch.int, device=loss_sum.device)
+        metrics["loss"] = losses.detach()
+        out = {name: torch.stack([per_pair.sum() * (1.0 if n else 0.0), torch.tensor(float(n), device=per_pair.device)])
+               for name, per_pair in metrics.items()}
+        return loss_sum, count, out
+
+    # --- reference ----------------------------------------------------------------------------------------
+    def _reference_step(self, batch: dict, model):
+        return self._run(model, batch), functools.partial(self._reference_output, batch)
+
+    def _reference_output(self, batch, per_token_ce):
+        logps = self._logps(batch, per_token_ce).detach()
+        zero = torch.zeros((), device=logps.device)
+        return zero, torch.zeros((), dtype=torch.int, device=logps.device), {"ref_logps": logps}
+
+    def score(self, model, batches: list, ctx: TaskContext):
+        """Forward-only log-probs of ``model`` for the batches: list of [P, 2] on the last stage, else None."""
+        with torch.no_grad():
+            out = ctx.forward_only(model, batches, self._reference_step)
+        if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+            return None
+        return [o["ref_logps"] for o in out]
+
+    def prepare_global_batch(self, batches: list, ctx: TaskContext) -> None:
+        if self.args.reference != "online":
+            return
+        scores = self.score(ctx.reference_model, batches, ctx)
+        if scores is not None:
+            for batch, ref in zip(batches, scores):
+                batch["ref_logps"] = ref
