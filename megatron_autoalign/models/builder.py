@@ -16,7 +16,7 @@ from megatron.core.transformer.transformer_block import (
 )
 
 from .attention import DocumentCausalAttention
-from .linear_cross_entropy import linear_cross_entropy
+from .linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from .norm import RMSNorm
 from .qwen2 import ConfigError, rope_theta, size_of
 
@@ -69,14 +69,18 @@ class Qwen2GPTModel(GPTModel):
             else self.output_layer.weight
         )
         seq, batch = hidden.shape[0], hidden.shape[1]
-        vocab_start = parallel_state.get_tensor_model_parallel_rank() * weight.shape[0]
-        losses = linear_cross_entropy(
-            hidden.reshape(seq * batch, -1),
+        flat_labels = labels.transpose(0, 1).reshape(-1)
+        # Only tokens with a target pay for the 152k-wide projection (prompts, padding and DPO prompt
+        # tokens are -100); their loss is 0 and their hidden-state gradient is 0 either way.
+        trained = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
+        selected = linear_cross_entropy(
+            hidden.reshape(seq * batch, -1).index_select(0, trained),
             weight,
-            labels.transpose(0, 1).reshape(-1),
-            vocab_start=vocab_start,
+            flat_labels.index_select(0, trained),
+            vocab_start=parallel_state.get_tensor_model_parallel_rank() * weight.shape[0],
             tp_group=parallel_state.get_tensor_model_parallel_group(),
         )
+        losses = selected.new_zeros(seq * batch).index_copy(0, trained, selected)
         return losses.view(seq, batch).transpose(0, 1).contiguous()
 
 

@@ -60,6 +60,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, vocab_start, tp_group, chunk_size):
         acc = _accumulation_dtype(hidden.dtype)
+        if hidden.shape[0] == 0:  # no token to score (e.g. a micro-batch without trained tokens)
+            ctx.save_for_backward(hidden, weight)
+            ctx.empty = True
+            return hidden.new_zeros(0, dtype=acc)
+        ctx.empty = False
         vocab_local = weight.shape[0]
         local_ids = labels - vocab_start
         owned = (local_ids >= 0) & (local_ids < vocab_local)
@@ -86,6 +91,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_losses):
+        if ctx.empty:
+            hidden, weight = ctx.saved_tensors
+            return torch.zeros_like(hidden), torch.zeros_like(weight), None, None, None, None
         hidden, weight, local_ids, owned, labels, lse = ctx.saved_tensors
         acc = _accumulation_dtype(hidden.dtype)
         scale = torch.where(labels == IGNORE_INDEX, 0.0, grad_losses.to(acc))

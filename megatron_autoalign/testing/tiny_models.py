@@ -38,9 +38,10 @@ def make_tiny_qwen2(
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
         tie_word_embeddings=tied,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        pad_token_id=151643,
+        # Qwen2.5's ids; clamped so that small-vocabulary test models stay valid.
+        bos_token_id=min(151643, vocab_size - 1),
+        eos_token_id=min(151645, vocab_size - 1),
+        pad_token_id=min(151643, vocab_size - 1),
         use_sliding_window=False,
     )
     torch.manual_seed(seed)
