@@ -1,0 +1,7 @@
+"""Training: arguments, the one loop shared by SFT and DPO (``loop.py``), the task interface
+(``task.py``), checkpoints, and the SFT task. Entry points: ``python -m megatron_autoalign.training.sft``
+and ``python -m megatron_autoalign.training.train --task sft|dpo``."""
+
+from .task import Task, TaskContext
+
+__all__ = ["Task", "TaskContext"]

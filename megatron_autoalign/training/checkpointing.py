@@ -1,0 +1,164 @@
+"""Training checkpoints (torch_dist): save, exact resume, and weights-only starts.
+
+Layout (Megatron-LM's): ``SAVE/iter_0000042/`` written by ``dist_checkpointing.save`` with
+``model`` (``model0``.. with virtual PP), ``optimizer``, ``opt_param_scheduler``, per-rank
+``rng_state`` and the common ``train_state`` (iteration, consumed samples, skipped steps) and ``args``;
+then ``SAVE/latest_checkpointed_iteration.txt``, written LAST and atomically, so a crash mid-save leaves
+the tracker pointing at the previous complete checkpoint.
+
+Loading: a tracker holding ``release`` (a converted checkpoint) or ``--finetune`` loads weights only;
+an ``iter_N`` tracker restores everything, so a resumed run is bitwise identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from megatron_autoalign.checkpoint import iteration_dir, load_megatron_checkpoint_weights, read_tracker, write_tracker
+from megatron_autoalign.checkpoint.layout import TRACKER
+
+
+# Megatron-LM's default layout of distributed-optimizer state: resumable at any TP/PP with the same DP
+# size (megatron-core 0.16's 'fully_sharded_model_space' default relies on flattened ranges it no longer saves).
+OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable", "chained_optim_avoid_prefix": True}
+
+
+def _names(chunks) -> list[str]:
+    return ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
+
+
+def _rng_state() -> dict:
+    import random
+
+    import numpy as np
+    from megatron.core import tensor_parallel
+
+    state = {
+        "random": random.getstate(),
+        "np": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _state_dict(chunks, optimizer, scheduler, with_optim: bool, is_loading: bool) -> dict:
+    # The bare GPTModels (DDP's wrapper would prefix the dict keys with "module."); same parameters.
+    sd = {n: _unwrap(c).sharded_state_dict() for n, c in zip(_names(chunks), chunks)}
+    if with_optim:
+        # The optimizer maps its states onto the model's sharded tensors (all chunks).
+        sd["optimizer"] = optimizer.sharded_state_dict(
+            {n: sd[n] for n in _names(chunks)}, is_loading=is_loading, metadata=OPTIM_METADATA)
+        sd["opt_param_scheduler"] = scheduler.state_dict()
+    # One RNG object per global rank; only restored when the world size is unchanged.
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sd["rng_state"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
+    return sd
+
+
+def save_checkpoint(save_dir: str, iteration: int, chunks, optimizer, scheduler, train_state: dict, args, with_optim=True) -> str:
+    """Save ``iter_{iteration}`` under ``save_dir`` and then point the tracker at it."""
+    path = iteration_dir(save_dir, iteration)
+    if dist.get_rank() == 0:
+        os.makedirs(save_dir, exist_ok=True)
+        if os.path.isdir(path):  # a partial save of a crashed run (the tracker never pointed here)
+            shutil.rmtree(path)
+        os.makedirs(path)
+    dist.barrier()
+    sd = _state_dict(chunks, optimizer, scheduler, with_optim, is_loading=False)
+    sd["train_state"] = dict(train_state, iteration=iteration, world_size=dist.get_world_size())
+    sd["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+    dist_checkpointing.save(sd, path)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        write_tracker(save_dir, iteration)
+    dist.barrier()
+    return path
+
+
+def has_resumable_checkpoint(load_dir: str | None) -> bool:
+    return bool(load_dir) and os.path.isfile(os.path.join(load_dir, TRACKER))
+
+
+@torch.no_grad()  # fp32 main params are views of the model's leaf parameters: copy into them without autograd
+def load_checkpoint(load_dir: str, chunks, optimizer, scheduler, args) -> dict | None:
+    """Restore from ``load_dir``; returns the train_state for an exact resume, None for weights-only."""
+    it = read_tracker(load_dir)
+    if it == "release" or args.finetune:
+        load_megatron_checkpoint_weights([_unwrap(c) for c in chunks], load_dir)
+        return None
+    path = iteration_dir(load_dir, it)
+    common = dist_checkpointing.load_common_state_dict(path)
+    train_state = common["train_state"]
+    with_optim = not args.no_load_optim and "opt_param_scheduler" in common
+    if with_optim:
+        _ensure_adam_state(optimizer)
+    sd = _state_dict(chunks, optimizer, scheduler, with_optim, is_loading=True)
+    same_world = train_state.get("world_size") == dist.get_world_size()
+    if args.no_load_rng or not same_world:
+        sd.pop("rng_state")
+    loaded = dist_checkpointing.load(sd, path)
+    for n, c in zip(_names(chunks), chunks):
+        _unwrap(c).load_state_dict(loaded[n])
+    if with_optim:
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+        _restore_adam_steps(optimizer, scheduler.num_steps)
+    if "rng_state" in loaded:
+        _set_rng_state(loaded["rng_state"])
+    return train_state
+
+
+def _ensure_adam_state(optimizer) -> None:
+    """A fresh torch Adam has no per-parameter state, but megatron's distributed optimizer builds its
+    loading template from the state dict (and needs 'step'): give every parameter zero state first;
+    the checkpoint then overwrites all of it."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = opt.optimizer
+        for group in inner.param_groups:
+            for p in group["params"]:
+                if len(inner.state[p]) == 0:
+                    inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p.data),
+                                      "exp_avg_sq": torch.zeros_like(p.data)}
+
+
+def _restore_adam_steps(optimizer, steps: int) -> None:
+    """Give every parameter its own Adam step counter = the number of applied updates.
+
+    Without Apex/TE, megatron-core 0.16's distributed optimizer restores 'step' as ONE tensor shared by
+    all parameters (and from a field it does not fill reliably); torch's Adam then increments that
+    shared counter once per parameter, corrupting bias correction after a resume. The scheduler counts
+    exactly the applied (non-skipped) updates, which is what Adam's step is.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for state in opt.optimizer.state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(float(steps), dtype=torch.float32)
+
+
+def _unwrap(chunk):
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk

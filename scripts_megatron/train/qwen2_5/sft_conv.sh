@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# SFT of Qwen2.5 on megatron-core (upstream variable block; every variable can be edited here or
+# overridden from the environment, e.g. `TP=1 PP=1 GPUS_PER_NODE=2 bash sft_conv.sh`).
+# Without a GPU it runs on CPU under gloo, and GPUS_PER_NODE then means processes.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+PYTHON=${PYTHON:-python}
+
+# Paths
+DATASET_PATH=${DATASET_PATH:-${TOKENIZED_DATA_PATH:-}}           # prefix written by the preprocessing step
+PRETRAIN_CHECKPOINT_PATH=${PRETRAIN_CHECKPOINT_PATH:-${MG_MODEL_PATH:-}}  # converted Megatron checkpoint
+OUTPUT_BASEPATH=${OUTPUT_BASEPATH:-${OUTPUT_CHECKPOINT_PATH:-./output_sft}}
+VALID_DATASET_PATH=${VALID_DATASET_PATH:-}                        # optional separate validation prefix
+
+# Hardware Configuration
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0,1,2,3,4,5,6,7}
+NNODES=${NNODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-localhost}
+MASTER_PORT=${MASTER_PORT:-$(shuf -n 1 -i 10000-65535)}
+
+# Training Parameters
+MODEL_SIZE=${MODEL_SIZE:-1.5B}
+BATCH_SIZE=${BATCH_SIZE:-1}
+GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-16}
+LR=${LR:-1e-5}
+MIN_LR=${MIN_LR:-1e-6}
+SEQ_LEN=${SEQ_LEN:-8192}
+PAD_LEN=${PAD_LEN:-8192}
+TRAIN_ITERS=${TRAIN_ITERS:-}            # empty: epochs x samples / GLOBAL_BATCH_SIZE
+WARMUP_FRACTION=${WARMUP_FRACTION:-0.03}
+LR_DECAY_STYLE=${LR_DECAY_STYLE:-cosine}
+SAVE_INTERVAL=${SAVE_INTERVAL:-500}
+EVAL_INTERVAL=${EVAL_INTERVAL:-}
+PRECISION=${PRECISION:-}                # bf16 | fp16 | fp32; empty: bf16 on GPU, fp32 on CPU
+DO=${DO:-true}                          # distributed optimizer
+RECOMPUTE=${RECOMPUTE:-none}            # none | selective | full
+SEED=${SEED:-1234}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+
+# Parallel Configuration
+TP=${TP:-2}
+PP=${PP:-2}
+SP=${SP:-false}
+CP=${CP:-1}
+
+# Dataset Configuration
+dataset_option=" \
+    --data-path ${DATASET_PATH} \
+    --split 100,0,0 \
+    --dataset mmap  \
+    --epochs 1 "
+
+# ---------------------------------------------------------------------------------------------------
+if [ -z "${DATASET_PATH}" ] || [ -z "${PRETRAIN_CHECKPOINT_PATH}" ]; then
+    echo "error: set DATASET_PATH (preprocessed prefix) and PRETRAIN_CHECKPOINT_PATH (converted checkpoint)" >&2
+    exit 2
+fi
+HAS_GPU=$(${PYTHON} -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+if [ -z "${PRECISION}" ]; then
+    if [ "${HAS_GPU}" = "1" ]; then PRECISION=bf16; else PRECISION=fp32; fi
+fi
+case ${PRECISION} in
+    bf16) precision_option="--bf16" ;;
+    fp16) precision_option="--fp16" ;;
+    fp32) precision_option="" ;;
+    *) echo "error: PRECISION=${PRECISION}: expected bf16, fp16 or fp32" >&2; exit 2 ;;
+esac
+parallel_option="--tensor-model-parallel-size ${TP} --pipeline-model-parallel-size ${PP} --context-parallel-size ${CP}"
+[ "${SP}" = "true" ] && parallel_option="${parallel_option} --sequence-parallel"
+[ "${DO}" = "true" ] && parallel_option="${parallel_option} --use-distributed-optimizer"
+case ${RECOMPUTE} in
+    none|false) recompute_option="" ;;
+    selective) recompute_option="--recompute-granularity selective" ;;
+    full|true) recompute_option="--recompute-granularity full --recompute-method uniform --recompute-num-layers 1" ;;
+    *) echo "error: RECOMPUTE=${RECOMPUTE}: expected none, selective or full" >&2; exit 2 ;;
+esac
+iters_option="--lr-warmup-fraction ${WARMUP_FRACTION}"
+[ -n "${TRAIN_ITERS}" ] && iters_option="${iters_option} --train-iters ${TRAIN_ITERS}"
+[ -n "${EVAL_INTERVAL}" ] && iters_option="${iters_option} --eval-interval ${EVAL_INTERVAL}"
+[ -n "${VALID_DATASET_PATH}" ] && dataset_option="${dataset_option} --valid-data-path ${VALID_DATASET_PATH}"
+
+NAME="sft-qwen2.5-${MODEL_SIZE}-lr-${LR}-minlr-${MIN_LR}-bs-${BATCH_SIZE}-gbs-${GLOBAL_BATCH_SIZE}-seqlen-${SEQ_LEN}-pr-${PRECISION}-tp-${TP}-pp-${PP}-cp-${CP}-sp-${SP}"
+SAVE_PATH="${OUTPUT_BASEPATH}/checkpoint/${NAME}"
+mkdir -p "${SAVE_PATH}" "${OUTPUT_BASEPATH}/tensorboard" "${OUTPUT_BASEPATH}/log"
+
+torchrun_option="--nproc_per_node ${GPUS_PER_NODE} --nnodes ${NNODES} --node_rank ${NODE_RANK} \
+    --master_addr ${MASTER_ADDR} --master_port ${MASTER_PORT}"
+[ "${HAS_GPU}" = "1" ] || export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
+
+# --load SAVE_PATH resumes this run's own latest checkpoint when there is one; otherwise the
+# converted checkpoint gives the starting weights (and the HF config/tokenizer copied next to it).
+cmd="${PYTHON} -m torch.distributed.run ${torchrun_option} -m megatron_autoalign.training.sft \
+    ${dataset_option} \
+    --pretrained-checkpoint ${PRETRAIN_CHECKPOINT_PATH} \
+    --load ${SAVE_PATH} --save ${SAVE_PATH} --save-interval ${SAVE_INTERVAL} \
+    --model-size ${MODEL_SIZE} \
+    --micro-batch-size ${BATCH_SIZE} --global-batch-size ${GLOBAL_BATCH_SIZE} \
+    --seq-length ${SEQ_LEN} --max-padding-length ${PAD_LEN} \
+    --lr ${LR} --min-lr ${MIN_LR} --lr-decay-style ${LR_DECAY_STYLE} ${iters_option} \
+    --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --clip-grad 1.0 \
+    ${precision_option} ${parallel_option} ${recompute_option} \
+    --seed ${SEED} --log-interval 1 --tensorboard-dir ${OUTPUT_BASEPATH}/tensorboard/${NAME} \
+    ${EXTRA_ARGS}"
+
+echo "${cmd}"
+eval "${cmd}" 2>&1 | tee "${OUTPUT_BASEPATH}/log/${NAME}.log"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,50 @@
+"""Training flags (Megatron-LM names), derived sizes, data order."""
+
+import pytest
+
+from megatron_autoalign.training.arguments import ArgumentError, build_parser, finalize
+from megatron_autoalign.training.data_order import SampleOrder, microbatch_indices
+
+
+def _args(*argv, world=8):
+    a = build_parser().parse_args(["--data-path", "d", "--hf-config", "/nonexistent", *argv])
+    return finalize(a, world)
+
+
+def test_megatron_flag_names_and_derived_sizes():
+    a = _args("--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2", "--sequence-parallel",
+              "--micro-batch-size", "2", "--global-batch-size", "16", "--dataset", "mmap", "--split", "98,2,0",
+              "--patch-tokenizer-type", "Qwen2Tokenizer", "--extra-vocab-size", "293")
+    assert a.data_parallel_size == 2 and a.num_microbatches == 4 and a.sequence_parallel
+    assert a.split_fractions == pytest.approx([0.98, 0.02, 0.0])
+    assert _args().global_batch_size == 8  # default: micro x DP
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--tensor-model-parallel-size", "3"], "not divisible by TP(3)"),
+    (["--micro-batch-size", "2", "--global-batch-size", "12"], "--global-batch-size 12 is not divisible"),
+    (["--bf16", "--fp16"], "mutually exclusive"),
+    (["--dataset", "LLama-SFT-Raw"], "only 'mmap'"),
+    (["--split", "a,b"], None),
+])
+def test_bad_combinations_fail_with_one_line(argv, fragment):
+    with pytest.raises((ArgumentError, ValueError)) as e:
+        _args(*argv)
+    assert "\n" not in str(e.value)
+    if fragment:
+        assert fragment in str(e.value)
+
+
+def test_sample_order_is_a_pure_function_of_position():
+    o = SampleOrder(10, seed=3)
+    first = o.indices(0, 25)  # 2.5 epochs
+    assert sorted(first[:10]) == list(range(10)) and sorted(first[10:20]) == list(range(10))
+    assert first[:10] != first[10:20]  # a new permutation each epoch
+    assert SampleOrder(10, seed=3).indices(13, 7) == first[13:20]  # resume mid-epoch
+    assert SampleOrder(10, seed=3, shuffle=False).indices(8, 4) == [8, 9, 0, 1]
+
+
+def test_microbatches_follow_megatron_order():
+    g = list(range(8))  # mbs 2, DP 2 -> 2 micro-batches per rank
+    assert microbatch_indices(g, 2, 2, 0) == [[0, 1], [4, 5]]
+    assert microbatch_indices(g, 2, 2, 1) == [[2, 3], [6, 7]]
