@@ -70,10 +70,16 @@ def wrap_ddp(args, config, chunks):
 
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, use_distributed_optimizer=args.use_distributed_optimizer,
-        overlap_grad_reduce=False, check_for_nan_in_grad=False,  # NaN steps are skipped, not fatal
+        # On GPUs the data-parallel gradient reduction runs bucket by bucket during the backward pass.
+        overlap_grad_reduce=overlap_grad_reduce(args),
+        check_for_nan_in_grad=False,  # NaN steps are skipped, not fatal
     )
     # Like Megatron-LM: only the first chunk buckets, so later chunks' grads reduce in one go.
     return [DistributedDataParallel(config, ddp_config, c, disable_bucketing=i > 0) for i, c in enumerate(chunks)]
+
+
+def overlap_grad_reduce(args) -> bool:
+    return torch.cuda.is_available() and args.data_parallel_size > 1
 
 
 def build_optimizer(args, ddp_chunks):
@@ -86,7 +92,11 @@ def build_optimizer(args, ddp_chunks):
         params_dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32,
         loss_scale=args.loss_scale, use_distributed_optimizer=args.use_distributed_optimizer,
     )
-    return get_megatron_optimizer(cfg, ddp_chunks)
+    optimizer = get_megatron_optimizer(cfg, ddp_chunks)
+    from megatron_autoalign.runtime.fused_adam import enable_fused_adam
+
+    enable_fused_adam(optimizer)  # no-op on CPU or when TE/apex provide their fused Adam
+    return optimizer
 
 
 def build_scheduler(args, optimizer):
@@ -257,6 +267,9 @@ class Trainer:
         c.finalize_model_grads_func = finalize_model_grads
         c.grad_scale_func = self.optimizer.scale_loss
         c.no_sync_func = [m.no_sync for m in self.model] if len(self.model) > 1 else self.model[0].no_sync
+        if overlap_grad_reduce(self.args):
+            # Interleaved PP starts each chunk's reduction as soon as its last micro-batch is done.
+            c.grad_sync_func = [m.start_grad_sync for m in self.model] if len(self.model) > 1 else self.model[0].start_grad_sync
 
     def _load(self):
         from .checkpointing import has_resumable_checkpoint, load_checkpoint
@@ -410,7 +423,8 @@ class Trainer:
         mfu = self._mfu(tps)
         if mfu is not None:
             rec["tflops_per_gpu"], rec["mfu"] = mfu
-            line += f" | TFLOP/s/GPU {mfu[0]:.1f} | MFU {100 * mfu[1]:.1f}%"
+            rec["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            line += f" | TFLOP/s/GPU {mfu[0]:.1f} | MFU {100 * mfu[1]:.1f}% | peak mem {rec['peak_memory_gb']:.1f} GB"
         for k, v in values.items():
             if k != self.task.primary_metric:
                 line += f" | {k} {v:.4f}"

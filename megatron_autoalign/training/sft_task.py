@@ -124,11 +124,9 @@ class SFTTask(Task):
                 qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                 cu_seqlens_q_padded=cu_pad, cu_seqlens_kv_padded=cu_pad, max_seqlen_q=mx, max_seqlen_kv=mx,
             )
-        # megatron's vocab-parallel CE needs an in-range target; ignored positions are masked below.
-        output = model(
-            batch["tokens"], batch["position_ids"], None,
-            labels=labels.masked_fill(~mask, 0), packed_seq_params=packed,
-        )
+        # -100 targets: the model's fused loss skips them (zero loss, no output-layer work); megatron's
+        # unfused vocab-parallel CE treats them as out-of-vocabulary; either way the mask zeroes them.
+        output = model(batch["tokens"], batch["position_ids"], None, labels=labels, packed_seq_params=packed)
         return output, functools.partial(_token_loss, mask)
 
 

@@ -1,6 +1,6 @@
 """SFT through our training loop: 5-step loss curves at TP1 equal those at TP2, PP2 (virtual PP too),
 TP2·PP2 with SP, CP2 (packed thd and unpacked sbhd), DP2 with and without the distributed optimizer,
-within 1e-5 (fp32). Micro-batch sizes differ between layouts on purpose: the loss is a per-token mean
+and the upstream 8-GPU layout TP2·PP2·DP2 (8 processes), within 1e-5 (fp32). Micro-batch sizes differ between layouts on purpose: the loss is a per-token mean
 over the whole global batch, so it must not depend on how the batch is cut. Also exact resume.
 
 Several trainings run inside one torchrun launch per process count (start-up dominates on CPU).
@@ -61,6 +61,11 @@ def curves(setup):
         run(setup, "tp2cp2_sp_unpacked", "unpacked", "--tensor-model-parallel-size", 2, "--context-parallel-size", 2,
             "--sequence-parallel"),
     ])))
+    # The upstream sft_conv.sh layout (TP2 x PP2 x DP2 on 8 GPUs), at tiny size on 8 CPU processes.
+    out.update(run_all(tmp, 8, dict([
+        run(setup, "tp2pp2dp2_sp_distopt", "packed", "--tensor-model-parallel-size", 2,
+            "--pipeline-model-parallel-size", 2, "--sequence-parallel", *dp_do),
+    ])))
     return out
 
 
@@ -72,7 +77,7 @@ def losses(records):
 @pytest.mark.parametrize("name,reference", [
     ("tp2", "tp1"), ("pp2_vpp_mb2", "tp1"), ("tp2pp2_sp", "tp1"), ("cp2_mb2", "tp1"),
     ("cp2_unpacked", "tp1_unpacked"), ("tp2cp2_sp_unpacked", "tp1_unpacked"),
-    ("dp2_mb2", "tp1"), ("dp2_distopt", "tp1"),
+    ("dp2_mb2", "tp1"), ("dp2_distopt", "tp1"), ("tp2pp2dp2_sp_distopt", "tp1"),
 ])
 def test_loss_curve_matches_tp1(curves, name, reference):
     ref, got = losses(curves[reference]), losses(curves[name])
