@@ -35,7 +35,8 @@ step "3. SFT: 30 steps, 2 CPU processes, pipeline parallel 2"
 DATASET_PATH="$OUT/data/sft" PRETRAIN_CHECKPOINT_PATH="$OUT/mg_base" OUTPUT_BASEPATH="$OUT/sft" \
 MODEL_SIZE=auto GPUS_PER_NODE=2 TP=1 PP=2 CP=1 BATCH_SIZE=2 GLOBAL_BATCH_SIZE=8 LR=2e-3 MIN_LR=2e-4 \
 SEQ_LEN=512 PAD_LEN=512 TRAIN_ITERS=30 SAVE_INTERVAL=30 WARMUP_FRACTION=0.1 \
-    bash scripts_megatron/train/qwen2_5/sft_conv.sh | grep -E "^iteration|error|saved" || true
+    bash scripts_megatron/train/qwen2_5/sft_conv.sh > "$OUT/sft.log" 2>&1 || { tail -30 "$OUT/sft.log"; exit 1; }
+grep -E "^iteration" "$OUT/sft.log"
 SFT_CKPT=$(ls -d "$OUT"/sft/checkpoint/*/ | head -1)
 python - "$OUT/sft/log" <<'PY'
 import glob, re, sys
@@ -51,8 +52,17 @@ bash toolkits/dpo_data_preprocessing/run_build_idxmap_dpo_dataset.sh \
 DATASET_PATH="$OUT/data/dpo" PRETRAIN_CHECKPOINT_PATH="$SFT_CKPT" OUTPUT_BASEPATH="$OUT/dpo" \
 MODEL_SIZE=auto GPUS_PER_NODE=2 TP=1 PP=2 CP=1 BATCH_SIZE=4 GLOBAL_BATCH_SIZE=16 LR=1e-3 MIN_LR=1e-4 \
 SEQ_LEN=256 PAD_LEN=256 TRAIN_ITERS=20 SAVE_INTERVAL=20 BETA=0.1 LOSS_TYPE=sigmoid REF=precomputed \
-    bash scripts_megatron/train/qwen2_5/dpo_conv.sh | grep -E "^iteration|error|saved" || true
+VALID_DATASET_PATH="$OUT/data/dpo" EVAL_INTERVAL=10 \
+    bash scripts_megatron/train/qwen2_5/dpo_conv.sh > "$OUT/dpo.log" 2>&1 || { tail -30 "$OUT/dpo.log"; exit 1; }
+grep -E "^iteration|^validation" "$OUT/dpo.log"
 DPO_CKPT=$(ls -d "$OUT"/dpo/checkpoint/*/ | head -1)
+python - "$OUT/dpo.log" <<'PY'
+import re, sys
+acc = [float(x) for x in re.findall(r"^validation at iteration \d+: .*rewards/accuracy: ([0-9.]+)", open(sys.argv[1]).read(), re.M)]
+assert acc, "DPO printed no validation reward accuracy"
+print(f"DPO reward accuracy on the preference data: {acc[-1]:.3f}")
+assert acc[-1] > 0.9, "DPO reward accuracy did not exceed 0.9"
+PY
 
 step "5. Megatron -> HF"
 bash toolkits/model_checkpoints_convertor/qwen/hf2mcore_qwen2.5_convertor.sh \

@@ -21,7 +21,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_autoalign.checkpoint import iteration_dir, load_megatron_checkpoint_weights, read_tracker, write_tracker
-from megatron_autoalign.checkpoint.layout import TRACKER
+from megatron_autoalign.checkpoint.layout import TRACKER, copy_hf_side_files
 
 
 # Megatron-LM's default layout of distributed-optimizer state: resumable at any TP/PP with the same DP
@@ -93,9 +93,21 @@ def save_checkpoint(save_dir: str, iteration: int, chunks, optimizer, scheduler,
     dist_checkpointing.save(sd, path)
     dist.barrier()
     if dist.get_rank() == 0:
+        copy_model_files(args, save_dir)
         write_tracker(save_dir, iteration)
     dist.barrier()
     return path
+
+
+def copy_model_files(args, save_dir: str) -> None:
+    """config.json and tokenizer files next to our checkpoints, as the converter puts them next to its
+    own: the next step (DPO from an SFT run, Megatron -> HF) then finds them without extra flags."""
+    for src in (args.tokenizer, args.hf_config):  # config.json last, so the model's own wins
+        if not src:
+            continue
+        src_dir = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+        if os.path.abspath(src_dir) != os.path.abspath(save_dir):
+            copy_hf_side_files(src_dir, save_dir)
 
 
 def has_resumable_checkpoint(load_dir: str | None) -> bool:
