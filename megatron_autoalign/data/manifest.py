@@ -21,6 +21,13 @@ def write_json_atomic(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def tokenizer_entry(tok, args) -> dict:
+    """The manifest's "tokenizer" entry (same in SFT and DPO manifests): which tokenizer made the ids."""
+    return {"name_or_path": args.hf_model_path, "class": args.tokenizer_class,
+            "vocab_size": len(tok), "extra_vocab_size": args.extra_vocab_size,
+            "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id}
+
+
 def load_manifest(prefix: str, expected_format: str | None = None) -> dict:
     path = manifest_path(prefix)
     try:

@@ -18,15 +18,15 @@ import sys
 
 import numpy as np
 
-from .conversations import INVALID_REASONS, DataError, InputReader, load_record, parse_conversation
+from .conversations import DataError, InputReader, load_record, parse_conversation
 from .encoder import IGNORE_INDEX, PieceEncoder, build_encoder
 from .indexed import AlignedWriter
-from .manifest import SFT_FORMAT
+from .manifest import SFT_FORMAT, tokenizer_entry
 from .packing import Packer
+from .skips import SkipCounter, fmt_counts
 from .templates import KNOWN, TemplateError, get_template
 
 BATCH = 256          # records per worker task
-EXAMPLES_PER_REASON = 5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -165,8 +165,7 @@ def run(args) -> dict:
               truncation=args.truncation)
 
     stats = {"records": 0, "conversations": 0, "trained": 0}
-    skipped: dict[str, int] = {}
-    examples: dict[str, list[int]] = {}
+    skips = SkipCounter()
     packer = Packer(args.seq_len, args.packing, args.pack_buffer)
     from tqdm import tqdm
     bar = tqdm(desc="conversations", unit="rec", disable=True if args.no_progress else None, mininterval=1.0)
@@ -187,35 +186,30 @@ def run(args) -> dict:
 
     try:
         with AlignedWriter(args.output_prefix, ("input_ids", "labels")) as writer:
-            for ids, labs, lens, skips, trained in results:
-                for recno, reason in skips:
-                    skipped[reason] = skipped.get(reason, 0) + 1
-                    ex = examples.setdefault(reason, [])
-                    if len(ex) < EXAMPLES_PER_REASON:
-                        ex.append(recno)
+            for ids, labs, lens, batch_skips, trained in results:
+                for recno, reason in batch_skips:
+                    skips.add(recno, reason)
                 offsets = np.cumsum([0] + lens)
                 for k, n in enumerate(lens):
                     item = (ids[offsets[k]:offsets[k + 1]], labs[offsets[k]:offsets[k + 1]])
                     write_rows(writer, packer.add(n, item))
-                stats["records"] += len(lens) + len(skips)
+                stats["records"] += len(lens) + len(batch_skips)
                 stats["conversations"] += len(lens)
                 stats["trained"] += trained
-                bar.update(len(lens) + len(skips))
+                bar.update(len(lens) + len(batch_skips))
             write_rows(writer, packer.flush())
             bar.close()
-            _check_threshold(args, stats["records"], skipped, examples)
+            skips.check_threshold(args.input, stats["records"], args.max_bad_fraction)
             if writer.num_rows == 0:
-                raise DataError(f"{args.input}: no trainable conversations ({_fmt_skips(skipped) or 'empty input'})")
+                raise DataError(f"{args.input}: no trainable conversations ({skips.summary() or 'empty input'})")
             manifest = {
                 "format": SFT_FORMAT,
-                "tokenizer": {"name_or_path": args.hf_model_path, "class": args.tokenizer_class,
-                              "vocab_size": len(tok), "extra_vocab_size": args.extra_vocab_size,
-                              "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id},
+                "tokenizer": tokenizer_entry(tok, args),
                 "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
                 "num_rows": writer.num_rows, "num_conversations": stats["conversations"],
                 "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
                 "fill_ratio": round(writer.num_tokens / (writer.num_rows * args.seq_len), 6),
-                "skipped": skipped, "skipped_examples": examples,
+                "skipped": skips.counts, "skipped_examples": skips.examples,
                 "input_sha256": reader.sha256.hexdigest(),
                 "created_by": "megatron_autoalign.data.preprocess_sft",
                 # informational extras
@@ -228,20 +222,6 @@ def run(args) -> dict:
     return manifest
 
 
-def _fmt_skips(skipped: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
-
-
-def _check_threshold(args, records: int, skipped: dict, examples: dict) -> None:
-    bad = {r: n for r, n in skipped.items() if r in INVALID_REASONS}
-    nbad = sum(bad.values())
-    if records and nbad / records > args.max_bad_fraction:
-        reason = max(bad, key=bad.get)
-        raise DataError(f"{args.input}: record {examples[reason][0]}: {reason} "
-                        f"({nbad} of {records} records invalid = {100 * nbad / records:.2f}% > "
-                        f"{100 * args.max_bad_fraction:g}%: {_fmt_skips(bad)})")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -251,7 +231,7 @@ def main(argv=None) -> int:
         return 2
     print(f"wrote {args.output_prefix}_{{input_ids,labels}}.{{bin,idx}}: {m['num_rows']} rows, "
           f"{m['num_conversations']} conversations, {m['num_tokens']} tokens ({m['num_trained_tokens']} trained), "
-          f"fill {m['fill_ratio']:.3f}; skipped: {_fmt_skips(m['skipped']) or 'none'}", file=sys.stderr)
+          f"fill {m['fill_ratio']:.3f}; skipped: {fmt_counts(m['skipped']) or 'none'}", file=sys.stderr)
     return 0
 
 

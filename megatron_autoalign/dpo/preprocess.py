@@ -22,15 +22,16 @@ import numpy as np
 from ..data.conversations import INVALID_REASONS, DataError, InputReader
 from ..data.encoder import IGNORE_INDEX, PieceEncoder, build_encoder
 from ..data.indexed import AlignedWriter
+from ..data.manifest import tokenizer_entry
 from ..data.packing import Packer
 from ..data.preprocess_sft import check_vocab, load_tokenizer
+from ..data.skips import SkipCounter, fmt_counts
 from ..data.templates import KNOWN, TemplateError, get_template
 from .dataset import DPO_FORMAT, FIELDS
 from .pairs import PAIR_INVALID_REASONS, parse_pair
 
 BATCH = 128  # records per worker task
-EXAMPLES_PER_REASON = 5
-BAD_REASONS = tuple(INVALID_REASONS) + PAIR_INVALID_REASONS
+BAD_REASONS = tuple(INVALID_REASONS) + PAIR_INVALID_REASONS  # mismatched prompts are bad input too
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,10 +122,6 @@ def _sample_texts(batch, key, limit=64):
     return out[:limit]
 
 
-def _fmt(skipped: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
-
-
 def run(args) -> dict:
     tok = load_tokenizer(args.hf_model_path, args.tokenizer_class)
     check_vocab(tok, args.hf_model_path, args.extra_vocab_size)
@@ -141,8 +138,7 @@ def run(args) -> dict:
     capacity = 2 * args.seq_len if args.packing else None
     packer = Packer(capacity or 1, args.packing, args.pack_buffer)
     stats = {"records": 0, "pairs": 0, "trained": 0}
-    skipped: dict[str, int] = {}
-    examples: dict[str, list[int]] = {}
+    skips = SkipCounter(BAD_REASONS)
     from tqdm import tqdm
     bar = tqdm(desc="pairs", unit="rec", disable=True if args.no_progress else None, mininterval=1.0)
     all_batches = itertools.chain([first] if first else [], batches)
@@ -163,32 +159,28 @@ def run(args) -> dict:
 
     try:
         with AlignedWriter(args.output_prefix, FIELDS) as writer:
-            for pairs, skips in results:
-                for recno, reason in skips:
-                    skipped[reason] = skipped.get(reason, 0) + 1
-                    if len(ex := examples.setdefault(reason, [])) < EXAMPLES_PER_REASON:
-                        ex.append(recno)
+            for pairs, batch_skips in results:
+                for recno, reason in batch_skips:
+                    skips.add(recno, reason)
                 for pair in pairs:
                     write_rows(writer, packer.add(len(pair[0]) + len(pair[2]), pair))
                     stats["trained"] += int((pair[1] != IGNORE_INDEX).sum() + (pair[3] != IGNORE_INDEX).sum())
-                stats["records"] += len(pairs) + len(skips)
+                stats["records"] += len(pairs) + len(batch_skips)
                 stats["pairs"] += len(pairs)
-                bar.update(len(pairs) + len(skips))
+                bar.update(len(pairs) + len(batch_skips))
             write_rows(writer, packer.flush())
             bar.close()
-            _check_threshold(args, stats["records"], skipped, examples)
+            skips.check_threshold(args.input, stats["records"], args.max_bad_fraction)
             if writer.num_rows == 0:
-                raise DataError(f"{args.input}: no usable preference pairs ({_fmt(skipped) or 'empty input'})")
+                raise DataError(f"{args.input}: no usable preference pairs ({skips.summary() or 'empty input'})")
             manifest = {
                 "format": DPO_FORMAT,
-                "tokenizer": {"name_or_path": args.hf_model_path, "class": args.tokenizer_class,
-                              "vocab_size": len(tok), "extra_vocab_size": args.extra_vocab_size,
-                              "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id},
+                "tokenizer": tokenizer_entry(tok, args),
                 "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
                 "row_capacity": capacity or 2 * args.seq_len,
                 "num_rows": writer.num_rows, "num_pairs": stats["pairs"],
                 "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
-                "skipped": skipped, "skipped_examples": examples,
+                "skipped": skips.counts, "skipped_examples": skips.examples,
                 "input_sha256": reader.sha256.hexdigest(),
                 "created_by": "megatron_autoalign.dpo.preprocess",
                 "num_records": stats["records"], "encoder": enc.name,
@@ -201,15 +193,6 @@ def run(args) -> dict:
     return manifest
 
 
-def _check_threshold(args, records: int, skipped: dict, examples: dict) -> None:
-    bad = {r: n for r, n in skipped.items() if r in BAD_REASONS}
-    nbad = sum(bad.values())
-    if records and nbad / records > args.max_bad_fraction:
-        reason = max(bad, key=bad.get)
-        raise DataError(f"{args.input}: record {examples[reason][0]}: {reason} ({nbad} of {records} records "
-                        f"invalid = {100 * nbad / records:.2f}% > {100 * args.max_bad_fraction:g}%: {_fmt(bad)})")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -218,8 +201,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output_prefix}_{{input_ids,labels}}.{{bin,idx}}: {m['num_rows']} rows, {m['num_pairs']} pairs, "
-          f"{m['num_tokens']} tokens ({m['num_trained_tokens']} trained); skipped: {_fmt(m['skipped']) or 'none'}",
-          file=sys.stderr)
+          f"{m['num_tokens']} tokens ({m['num_trained_tokens']} trained); "
+          f"skipped: {fmt_counts(m['skipped']) or 'none'}", file=sys.stderr)
     return 0
 
 

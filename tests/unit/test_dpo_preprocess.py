@@ -1,5 +1,4 @@
 """Preference preprocessing end to end: record formats, masks, bad-input rules, packing, manifest, reader."""
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import pytest
 from megatron_autoalign.dpo.dataset import PreferenceDataset
 from megatron_autoalign.dpo.pairs import parse_pair
 from megatron_autoalign.dpo.preprocess import main
+from tests.unit.data_helpers import run_cli, write
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,20 +35,8 @@ def full_pair(i):
             "rejected": prompt + [{"role": "assistant", "content": "Facts are boring."}]}
 
 
-def write(path, records, jsonl=False):
-    with open(path, "w") as f:
-        if jsonl:
-            f.write("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
-        else:
-            json.dump(records, f)
-    return str(path)
-
-
-def run(tmp_path, tok, inp, *extra, seq_len=256, prefix="out/dpo"):
-    prefix = str(tmp_path / prefix)
-    rc = main(["--input", inp, "--output-prefix", prefix, "--hf-model-path", tok, "--seq-len", str(seq_len),
-               "--workers", "1", "--no-progress", *extra])
-    return rc, prefix
+def run(tmp_path, tok_dir, inp, *extra, seq_len=256, prefix="out/dpo"):
+    return run_cli(main, tmp_path, tok_dir, inp, *extra, seq_len=seq_len, prefix=prefix)
 
 
 def sides(row):

@@ -9,6 +9,7 @@ import pytest
 
 from megatron_autoalign.data.preprocess_sft import main
 from megatron_autoalign.data.sft_dataset import SFTDataset, load_manifest
+from tests.unit.data_helpers import run_cli, write
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,20 +22,8 @@ def conv(i, turns=1, system=None):
     return {"conversations": msgs}
 
 
-def write(path, records, jsonl=False):
-    with open(path, "w") as f:
-        if jsonl:
-            f.write("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
-        else:
-            json.dump(records, f)
-    return str(path)
-
-
 def run(tmp_path, tok_dir, inp, *extra, seq_len=256, prefix="out/sft"):
-    prefix = str(tmp_path / prefix)
-    rc = main(["--input", inp, "--output-prefix", prefix, "--hf-model-path", tok_dir, "--seq-len", str(seq_len),
-               "--workers", "1", "--no-progress", *extra])
-    return rc, prefix
+    return run_cli(main, tmp_path, tok_dir, inp, *extra, seq_len=seq_len, prefix=prefix)
 
 
 def test_roundtrip_rows_and_labels(tmp_path, qwen_tokenizer_dir):
