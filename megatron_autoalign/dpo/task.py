@@ -19,6 +19,7 @@ from megatron.core.packed_seq_params import PackedSeqParams
 
 from ..training.sft_batch import row_capacity
 from ..training.sft_task import _Range, max_docs_per_row, split_ranges
+from ..training.data_checks import check_manifest, pad_id
 from ..training.task import Task, TaskContext
 from .batch import collate_pairs
 from .dataset import PreferenceDataset
@@ -90,21 +91,12 @@ class DPOTask(Task):
         tp_sp = args.tensor_model_parallel_size if args.sequence_parallel else 1
         # packed rows hold pairs in 2 x seq tokens; unpacked, every sequence is its own [capacity] row
         self.capacity = row_capacity(2 * seq if self.packed else seq, self.cp, tp_sp, max_docs, self.packed)
-        tok = m.get("tokenizer") or {}
-        pad = tok.get("pad_id")
-        self.pad_id = int(pad if pad is not None else tok.get("eos_id") or 0)
+        self.pad_id = pad_id(m)
 
     def check(self, ctx: TaskContext) -> None:
-        m, args = self.manifest, self.args
-        if int(m["seq_len"]) != args.seq_length:
-            raise ValueError(f"{args.data_path}_manifest.json: data was preprocessed with seq_len {m['seq_len']} "
-                             f"but --seq-length is {args.seq_length}")
-        if args.reference == "precomputed":
+        check_manifest(self.manifest, self.args, ctx.hf_config)
+        if self.args.reference == "precomputed":
             self._check_recorded_reference()
-        vocab = ctx.hf_config["vocab_size"]
-        if int((m.get("tokenizer") or {}).get("vocab_size") or 0) > vocab:
-            raise ValueError(f"{args.data_path}_manifest.json: tokenizer has {m['tokenizer']['vocab_size']} tokens "
-                             f"but the model vocab is {vocab}")
 
     def _check_recorded_reference(self) -> None:
         """Recorded log-probs of another checkpoint or precision still train, but not against the intended

@@ -4,7 +4,6 @@ global batch (see ``task.py`` for the normalisation contract)."""
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from megatron.core import parallel_state
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from .sft_batch import IGNORE, collate_sbhd, collate_thd, row_capacity
+from .data_checks import check_manifest, pad_id
 from .task import Task, TaskContext
 
 
@@ -83,28 +83,10 @@ class SFTTask(Task):
         self.cp_rank = parallel_state.get_context_parallel_rank()
         tp_sp = args.tensor_model_parallel_size if args.sequence_parallel else 1
         self.capacity = row_capacity(self.seq_len, self.cp, tp_sp, max_docs, self.packed)
-        tok = m.get("tokenizer") or {}
-        pad = tok.get("pad_id")
-        self.pad_id = int(pad if pad is not None else tok.get("eos_id") or 0)
+        self.pad_id = pad_id(m)
 
     def check(self, ctx: TaskContext) -> None:
-        m, args = self.manifest, self.args
-        if int(m["seq_len"]) != args.seq_length:
-            raise ValueError(
-                f"{args.data_path}_manifest.json: data was preprocessed with seq_len {m['seq_len']} but --seq-length is {args.seq_length}"
-            )
-        tok = m.get("tokenizer") or {}
-        vocab = ctx.hf_config["vocab_size"]
-        if tok.get("vocab_size") and int(tok["vocab_size"]) > vocab:
-            raise ValueError(
-                f"{args.data_path}_manifest.json: tokenizer has {tok['vocab_size']} tokens but the model vocab is {vocab}"
-            )
-        if args.tokenizer and tok.get("vocab_size"):
-            n = _tokenizer_size(args.tokenizer)
-            if n is not None and n != int(tok["vocab_size"]):
-                raise ValueError(
-                    f"{args.tokenizer}: tokenizer has {n} tokens but the data was tokenized with {tok['vocab_size']} ({tok.get('name_or_path')})"
-                )
+        check_manifest(self.manifest, self.args, ctx.hf_config)
 
     def pipeline_shape(self) -> tuple[int, int]:
         mbs = self.args.micro_batch_size
@@ -135,16 +117,3 @@ def _token_loss(mask: torch.Tensor, per_token: torch.Tensor):
     loss_sum = (per_token.float() * mask).sum()
     count = mask.sum().to(torch.int)
     return loss_sum, count, {"lm loss": torch.stack([loss_sum.detach(), count.detach().float()])}
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer_size(path: str):
-    if not os.path.isdir(path):
-        raise ValueError(f"{path}: tokenizer directory not found")
-    try:
-        from transformers import AutoTokenizer
-
-        return len(AutoTokenizer.from_pretrained(path))
-    except Exception as e:  # a tokenizer that cannot load is reported, not fatal: the data carries the ids
-        print(f"warning: {path}: tokenizer could not be loaded for the vocab check ({type(e).__name__}: {e})", flush=True)
-        return None
