@@ -14,26 +14,10 @@ VOCAB = 512  # small, so CPU tests spend their time in the transformer rather th
 
 
 def tiny_qwen2_small_vocab(out_dir: str, seed: int, num_layers: int = 4) -> str:
-    """make_tiny_qwen2's shapes (GQA 4/2 heads, tied) with a 512-token vocabulary.
-    (make_tiny_qwen2 hard-codes pad id 151643, which needs the full vocabulary.)"""
-    if os.path.isfile(os.path.join(out_dir, "config.json")):
-        return out_dir
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    """make_tiny_qwen2's shapes (GQA 4/2 heads, tied) with a 512-token vocabulary."""
+    from megatron_autoalign.testing.tiny_models import make_tiny_qwen2
 
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=0, use_sliding_window=False)
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(cfg)
-    with torch.no_grad():  # non-trivial norms and biases, as in make_tiny_qwen2
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.02 * torch.randn_like(p))
-    model.save_pretrained(out_dir, safe_serialization=True)
-    return out_dir
+    return make_tiny_qwen2(out_dir, tied=True, num_layers=num_layers, vocab_size=VOCAB, seed=seed)
 
 
 def convert(hf_dir: str, mg_dir: str) -> str:
