@@ -54,14 +54,26 @@ def cp_token_layout(
 
 
 class _LastValueCache:
-    """Keeps the last built value: all layers of one micro-batch share the same document layout."""
+    """Keeps the last built value: all layers of one micro-batch share the same document layout.
+
+    Tensors in a key match by identity, not by value: reading a GPU tensor's values would stall the
+    host once per layer. The cache holds the tensor, so its identity cannot be reused while cached;
+    a new micro-batch brings new tensors and rebuilds once.
+    """
 
     def __init__(self):
         self.key = None
         self.value = None
 
+    @staticmethod
+    def _same(a, b) -> bool:
+        return a is not None and len(a) == len(b) and all(
+            (x is y) if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor) else x == y
+            for x, y in zip(a, b)
+        )
+
     def get(self, key, build):
-        if self.key != key:
+        if not self._same(self.key, key):
             self.key, self.value = key, build()
         return self.value
 
@@ -139,23 +151,25 @@ class DocumentCausalAttention(MegatronModule):
                 if cu is None:
                     cu = packed_seq_params.cu_seqlens_q
             else:
-                cu = torch.tensor([0, seq_len * cp_size])
+                cu = seq_len * cp_size  # one document: the whole (CP-gathered) row
             out = self._masked(q, k, v, cu, cp_group, dropout)
 
         out = out.permute(2, 0, 1, 3).reshape(seq_len, batch, self.heads * self.head_dim)
         return out.squeeze(1) if thd else out
 
-    def _layout(self, cu: torch.Tensor, cp_group, device):
+    def _layout(self, cu, cp_group, device):
+        """(doc, pos) of local queries and gathered keys; ``cu``: document boundaries, or a row length."""
         cp_size, cp_rank = cp_group.size(), cp_group.rank()
 
         def build():
-            q_doc, q_pos, _ = cp_token_layout(cu, cp_size, cp_rank)
-            per_rank = [cp_token_layout(cu, cp_size, r) for r in range(cp_size)]
+            bounds = torch.tensor([0, cu]) if isinstance(cu, int) else cu.cpu()
+            q_doc, q_pos, _ = cp_token_layout(bounds, cp_size, cp_rank)
+            per_rank = [cp_token_layout(bounds, cp_size, r) for r in range(cp_size)]
             k_doc = torch.cat([p[0] for p in per_rank])
             k_pos = torch.cat([p[1] for p in per_rank])
             return tuple(t.to(device) for t in (q_doc, q_pos, k_doc, k_pos))
 
-        key = (tuple(cu.tolist()), cp_size, cp_rank, str(device))
+        key = (cu, cp_size, cp_rank, str(device))
         return key, _LAYOUT_CACHE.get(key, build)
 
     def _masked(self, q, k, v, cu, cp_group, dropout):

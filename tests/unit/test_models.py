@@ -123,3 +123,24 @@ def test_cp_token_layout_is_load_balanced():
     assert sorted(idx.tolist() + idx1.tolist()) == list(range(12))
     with pytest.raises(ValueError, match="not divisible"):
         cp_token_layout(torch.tensor([0, 6]), cp_size=2, cp_rank=0)
+
+
+def test_layout_cache_tells_tensors_and_lengths_apart(attention):
+    """The per-micro-batch layout cache keys tensors by identity: a new boundaries tensor with other
+    values, or a plain row length after a tensor, must rebuild (a stale mask would be silently wrong)."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    torch.manual_seed(2)
+    q = torch.randn(8, 4, 8, dtype=torch.float64)
+    k = torch.randn(8, 2, 8, dtype=torch.float64)
+    v = torch.randn(8, 2, 8, dtype=torch.float64)
+
+    def packed(bounds):
+        cu = torch.tensor(bounds, dtype=torch.int32)
+        return attention(q, k, v, None, packed_seq_params=PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu))
+
+    one_doc, two_docs = packed([0, 8]), packed([0, 4, 8])
+    assert not torch.allclose(one_doc, two_docs)
+    torch.testing.assert_close(packed([0, 8]), one_doc, atol=1e-12, rtol=0)
+    plain = attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), None).squeeze(1)
+    torch.testing.assert_close(plain, one_doc, atol=1e-12, rtol=0)
