@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything this project checks on GPUs, in one command (results and logs under OUT, default ./gpu_out).
-#   bash bench/run_gpu_suite.sh tests      # GPU test modules (tests/gpu; 2 GPUs used where present)
+#   bash bench/run_gpu_suite.sh tests      # GPU test modules (tests/gpu, or PYTEST_ARGS; 2 GPUs used where present)
 #   bash bench/run_gpu_suite.sh sft1       # 1.5B seq 8192, 1 GPU: ours vs the HF peer
 #   bash bench/run_gpu_suite.sh scaling    # 1.5B seq 8192 data-parallel 2 and 4 GPUs
 #   bash bench/run_gpu_suite.sh 7b         # 7B seq 8192 on 4 GPUs (TP2 x DP2, SP, distributed optimizer)
@@ -16,7 +16,7 @@ NGPU=$(python3 -c "import torch; print(torch.cuda.device_count())")
 
 for what in "$@"; do
   case $what in
-    tests) python3 -m pytest -q -p no:cacheprovider tests/gpu ${PYTEST_ARGS:-} 2>&1 | tail -15 ;;
+    tests) python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-tests/gpu} 2>&1 | tail -15 ;;
     sft1) python3 bench/bench_sft.py --model-size 1.5B --seq-length 8192 --gpus 1 --peer \
             --json "$OUT/sft_1p5b_1gpu.json" > "$OUT/sft_1p5b_1gpu.log" 2>&1; grep -A6 "^1.5B seq" "$OUT/sft_1p5b_1gpu.log" ;;
     scaling) for g in 2 4; do [ "$g" -le "$NGPU" ] || continue
