@@ -9,22 +9,19 @@ the run fails before anything is written (one-line error, exit code 2).
 from __future__ import annotations
 
 import argparse
-import functools
-import itertools
-import json
-import multiprocessing as mp
 import os
 import sys
 
 import numpy as np
 
 from .conversations import DataError, InputReader, load_record, parse_conversation
-from .encoder import IGNORE_INDEX, PieceEncoder, build_encoder
+from .encoder import IGNORE_INDEX, PieceEncoder
 from .indexed import AlignedWriter
 from .manifest import SFT_FORMAT, tokenizer_entry
 from .packing import Packer
+from .pipeline import encoded_in_workers, start_encoding
 from .skips import SkipCounter, fmt_counts
-from .templates import KNOWN, TemplateError, get_template
+from .templates import KNOWN, TemplateError
 
 BATCH = 256          # records per worker task
 
@@ -56,39 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.packing is None:
         a.packing = a.seq_len >= 2048  # short rows: one conversation each; long rows: pack
     return a
-
-
-@functools.lru_cache(maxsize=4)  # repeated in-process runs (tests, notebooks) reuse the tokenizer
-def _load(path: str, mtime: float):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path)
-
-
-def load_tokenizer(path: str, class_name: str):
-    try:
-        tok = _load(os.path.abspath(path), os.path.getmtime(path))
-    except Exception as e:
-        raise DataError(f"{path}: cannot load tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if class_name.replace("Fast", "") != type(tok).__name__.replace("Fast", ""):
-        print(f"note: TOKENIZER_CLASS {class_name} but {path} holds a {type(tok).__name__}", file=sys.stderr)
-    return tok
-
-
-def check_vocab(tok, hf_path: str, extra: int) -> None:
-    """The embedding (config vocab_size) must hold every token; base + extra must not exceed it."""
-    cfg_path = os.path.join(hf_path, "config.json")
-    if not os.path.exists(cfg_path):
-        return
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    vocab = cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size")
-    if vocab is None:
-        return
-    n, base = len(tok), tok.vocab_size
-    if vocab < n:
-        raise DataError(f"{cfg_path}: vocab_size {vocab} < tokenizer size {n}: token ids would overflow the embedding")
-    if extra and base + extra > vocab:
-        raise DataError(f"{cfg_path}: EXTRA_VOCAB_SIZE {extra} + {base} BPE tokens = {base + extra} > config vocab_size {vocab}")
 
 
 # --- worker side (state set in the parent before forking) ---------------------------------------------
@@ -131,15 +95,6 @@ def _encode_batch(batch):
     return cat(ids_out), cat(lab_out), lens, skips, trained
 
 
-def _batches(reader, size):
-    it = iter(reader)
-    while True:
-        b = list(itertools.islice(it, size))
-        if not b:
-            return
-        yield b
-
-
 def _sample_texts(batch, key, limit=64):
     out = []
     for _, raw, reason in batch:
@@ -151,16 +106,8 @@ def _sample_texts(batch, key, limit=64):
 
 
 def run(args) -> dict:
-    tok = load_tokenizer(args.hf_model_path, args.tokenizer_class)
-    check_vocab(tok, args.hf_model_path, args.extra_vocab_size)
     reader = InputReader(args.input, raw=True)
-    batches = _batches(reader, BATCH)
-    first = next(batches, [])
-    enc = build_encoder(tok, args.encoder, _sample_texts(first, args.key))
-    try:
-        template = get_template(args.template, tok, list(enc.special_ids))
-    except ValueError as e:
-        raise DataError(str(e)) from None
+    tok, enc, template, all_batches = start_encoding(args, reader, BATCH, lambda b: _sample_texts(b, args.key))
     _W.update(key=args.key, template=template, penc=PieceEncoder(enc), seq_len=args.seq_len,
               truncation=args.truncation)
 
@@ -169,14 +116,6 @@ def run(args) -> dict:
     packer = Packer(args.seq_len, args.packing, args.pack_buffer)
     from tqdm import tqdm
     bar = tqdm(desc="conversations", unit="rec", disable=True if args.no_progress else None, mininterval=1.0)
-    pool = None
-    all_batches = itertools.chain([first] if first else [], batches)
-    if args.workers > 1:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        pool = mp.get_context("fork").Pool(args.workers)
-        results = pool.imap(_encode_batch, all_batches, chunksize=1)
-    else:
-        results = map(_encode_batch, all_batches)
 
     def write_rows(writer, rows):
         for row in rows:
@@ -184,41 +123,38 @@ def run(args) -> dict:
             labs = np.concatenate([r[1] for r in row])
             writer.add_row({"input_ids": ids, "labels": labs}, [len(r[0]) for r in row])
 
-    try:
-        with AlignedWriter(args.output_prefix, ("input_ids", "labels")) as writer:
-            for ids, labs, lens, batch_skips, trained in results:
-                for recno, reason in batch_skips:
-                    skips.add(recno, reason)
-                offsets = np.cumsum([0] + lens)
-                for k, n in enumerate(lens):
-                    item = (ids[offsets[k]:offsets[k + 1]], labs[offsets[k]:offsets[k + 1]])
-                    write_rows(writer, packer.add(n, item))
-                stats["records"] += len(lens) + len(batch_skips)
-                stats["conversations"] += len(lens)
-                stats["trained"] += trained
-                bar.update(len(lens) + len(batch_skips))
-            write_rows(writer, packer.flush())
-            bar.close()
-            skips.check_threshold(args.input, stats["records"], args.max_bad_fraction)
-            if writer.num_rows == 0:
-                raise DataError(f"{args.input}: no trainable conversations ({skips.summary() or 'empty input'})")
-            manifest = {
-                "format": SFT_FORMAT,
-                "tokenizer": tokenizer_entry(tok, args),
-                "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
-                "num_rows": writer.num_rows, "num_conversations": stats["conversations"],
-                "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
-                "fill_ratio": round(writer.num_tokens / (writer.num_rows * args.seq_len), 6),
-                "skipped": skips.counts, "skipped_examples": skips.examples,
-                "input_sha256": reader.sha256.hexdigest(),
-                "created_by": "megatron_autoalign.data.preprocess_sft",
-                # informational extras
-                "num_records": stats["records"], "truncation": args.truncation, "encoder": enc.name,
-            }
-            writer.commit(manifest)
-    finally:
-        if pool is not None:
-            pool.terminate()
+    with encoded_in_workers(_encode_batch, all_batches, args.workers) as results, \
+            AlignedWriter(args.output_prefix, ("input_ids", "labels")) as writer:
+        for ids, labs, lens, batch_skips, trained in results:
+            for recno, reason in batch_skips:
+                skips.add(recno, reason)
+            offsets = np.cumsum([0] + lens)
+            for k, n in enumerate(lens):
+                item = (ids[offsets[k]:offsets[k + 1]], labs[offsets[k]:offsets[k + 1]])
+                write_rows(writer, packer.add(n, item))
+            stats["records"] += len(lens) + len(batch_skips)
+            stats["conversations"] += len(lens)
+            stats["trained"] += trained
+            bar.update(len(lens) + len(batch_skips))
+        write_rows(writer, packer.flush())
+        bar.close()
+        skips.check_threshold(args.input, stats["records"], args.max_bad_fraction)
+        if writer.num_rows == 0:
+            raise DataError(f"{args.input}: no trainable conversations ({skips.summary() or 'empty input'})")
+        manifest = {
+            "format": SFT_FORMAT,
+            "tokenizer": tokenizer_entry(tok, args),
+            "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
+            "num_rows": writer.num_rows, "num_conversations": stats["conversations"],
+            "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
+            "fill_ratio": round(writer.num_tokens / (writer.num_rows * args.seq_len), 6),
+            "skipped": skips.counts, "skipped_examples": skips.examples,
+            "input_sha256": reader.sha256.hexdigest(),
+            "created_by": "megatron_autoalign.data.preprocess_sft",
+            # informational extras
+            "num_records": stats["records"], "truncation": args.truncation, "encoder": enc.name,
+        }
+        writer.commit(manifest)
     return manifest
 
 

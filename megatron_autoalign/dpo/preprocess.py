@@ -12,21 +12,19 @@ pairs in at most 2 x seq-len tokens, an unpacked row exactly one pair.
 from __future__ import annotations
 
 import argparse
-import itertools
-import multiprocessing as mp
 import os
 import sys
 
 import numpy as np
 
 from ..data.conversations import INVALID_REASONS, DataError, InputReader
-from ..data.encoder import IGNORE_INDEX, PieceEncoder, build_encoder
+from ..data.encoder import IGNORE_INDEX, PieceEncoder
 from ..data.indexed import AlignedWriter
 from ..data.manifest import tokenizer_entry
 from ..data.packing import Packer
-from ..data.preprocess_sft import check_vocab, load_tokenizer
+from ..data.pipeline import encoded_in_workers, start_encoding
 from ..data.skips import SkipCounter, fmt_counts
-from ..data.templates import KNOWN, TemplateError, get_template
+from ..data.templates import KNOWN, TemplateError
 from .dataset import DPO_FORMAT, FIELDS
 from .pairs import PAIR_INVALID_REASONS, parse_pair
 
@@ -108,12 +106,6 @@ def _encode_batch(batch):
     return pairs, skips
 
 
-def _batches(reader, size):
-    it = iter(reader)
-    while batch := list(itertools.islice(it, size)):
-        yield batch
-
-
 def _sample_texts(batch, key, limit=64):
     out = []
     for _, rec, reason in batch:
@@ -123,16 +115,8 @@ def _sample_texts(batch, key, limit=64):
 
 
 def run(args) -> dict:
-    tok = load_tokenizer(args.hf_model_path, args.tokenizer_class)
-    check_vocab(tok, args.hf_model_path, args.extra_vocab_size)
     reader = InputReader(args.input)
-    batches = _batches(reader, BATCH)
-    first = next(batches, [])
-    enc = build_encoder(tok, args.encoder, _sample_texts(first, args.key))
-    try:
-        template = get_template(args.template, tok, list(enc.special_ids))
-    except ValueError as e:
-        raise DataError(str(e)) from None
+    tok, enc, template, all_batches = start_encoding(args, reader, BATCH, lambda b: _sample_texts(b, args.key))
     _W.update(key=args.key, template=template, penc=PieceEncoder(enc), seq_len=args.seq_len)
 
     capacity = 2 * args.seq_len if args.packing else None
@@ -141,14 +125,6 @@ def run(args) -> dict:
     skips = SkipCounter(BAD_REASONS)
     from tqdm import tqdm
     bar = tqdm(desc="pairs", unit="rec", disable=True if args.no_progress else None, mininterval=1.0)
-    all_batches = itertools.chain([first] if first else [], batches)
-    pool = None
-    if args.workers > 1:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        pool = mp.get_context("fork").Pool(args.workers)
-        results = pool.imap(_encode_batch, all_batches, chunksize=1)
-    else:
-        results = map(_encode_batch, all_batches)
 
     def write_rows(writer, rows):
         for row in rows:  # row: list of pairs; documents in order chosen, rejected, chosen, ...
@@ -157,39 +133,36 @@ def run(args) -> dict:
             writer.add_row({"input_ids": np.concatenate(docs), "labels": np.concatenate(labs)},
                            [len(d) for d in docs])
 
-    try:
-        with AlignedWriter(args.output_prefix, FIELDS) as writer:
-            for pairs, batch_skips in results:
-                for recno, reason in batch_skips:
-                    skips.add(recno, reason)
-                for pair in pairs:
-                    write_rows(writer, packer.add(len(pair[0]) + len(pair[2]), pair))
-                    stats["trained"] += int((pair[1] != IGNORE_INDEX).sum() + (pair[3] != IGNORE_INDEX).sum())
-                stats["records"] += len(pairs) + len(batch_skips)
-                stats["pairs"] += len(pairs)
-                bar.update(len(pairs) + len(batch_skips))
-            write_rows(writer, packer.flush())
-            bar.close()
-            skips.check_threshold(args.input, stats["records"], args.max_bad_fraction)
-            if writer.num_rows == 0:
-                raise DataError(f"{args.input}: no usable preference pairs ({skips.summary() or 'empty input'})")
-            manifest = {
-                "format": DPO_FORMAT,
-                "tokenizer": tokenizer_entry(tok, args),
-                "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
-                "row_capacity": capacity or 2 * args.seq_len,
-                "num_rows": writer.num_rows, "num_pairs": stats["pairs"],
-                "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
-                "skipped": skips.counts, "skipped_examples": skips.examples,
-                "input_sha256": reader.sha256.hexdigest(),
-                "created_by": "megatron_autoalign.dpo.preprocess",
-                "num_records": stats["records"], "encoder": enc.name,
-                "reference": None,  # filled by megatron_autoalign.dpo.score_reference
-            }
-            writer.commit(manifest)
-    finally:
-        if pool is not None:
-            pool.terminate()
+    with encoded_in_workers(_encode_batch, all_batches, args.workers) as results, \
+            AlignedWriter(args.output_prefix, FIELDS) as writer:
+        for pairs, batch_skips in results:
+            for recno, reason in batch_skips:
+                skips.add(recno, reason)
+            for pair in pairs:
+                write_rows(writer, packer.add(len(pair[0]) + len(pair[2]), pair))
+                stats["trained"] += int((pair[1] != IGNORE_INDEX).sum() + (pair[3] != IGNORE_INDEX).sum())
+            stats["records"] += len(pairs) + len(batch_skips)
+            stats["pairs"] += len(pairs)
+            bar.update(len(pairs) + len(batch_skips))
+        write_rows(writer, packer.flush())
+        bar.close()
+        skips.check_threshold(args.input, stats["records"], args.max_bad_fraction)
+        if writer.num_rows == 0:
+            raise DataError(f"{args.input}: no usable preference pairs ({skips.summary() or 'empty input'})")
+        manifest = {
+            "format": DPO_FORMAT,
+            "tokenizer": tokenizer_entry(tok, args),
+            "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
+            "row_capacity": capacity or 2 * args.seq_len,
+            "num_rows": writer.num_rows, "num_pairs": stats["pairs"],
+            "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
+            "skipped": skips.counts, "skipped_examples": skips.examples,
+            "input_sha256": reader.sha256.hexdigest(),
+            "created_by": "megatron_autoalign.dpo.preprocess",
+            "num_records": stats["records"], "encoder": enc.name,
+            "reference": None,  # filled by megatron_autoalign.dpo.score_reference
+        }
+        writer.commit(manifest)
     return manifest
 
 

@@ -1,0 +1,87 @@
+"""What SFT and DPO preprocessing share: loading and checking the tokenizer, the verified fast encoder and
+the template (built from the first batch of records), and encoding batches in worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import multiprocessing as mp
+import os
+import sys
+
+from .conversations import DataError
+from .encoder import build_encoder
+from .templates import get_template
+
+
+@functools.lru_cache(maxsize=4)  # repeated in-process runs (tests, notebooks) reuse the tokenizer
+def _load(path: str, mtime: float):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_tokenizer(path: str, class_name: str):
+    try:
+        tok = _load(os.path.abspath(path), os.path.getmtime(path))
+    except Exception as e:
+        raise DataError(f"{path}: cannot load tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if class_name.replace("Fast", "") != type(tok).__name__.replace("Fast", ""):
+        print(f"note: TOKENIZER_CLASS {class_name} but {path} holds a {type(tok).__name__}", file=sys.stderr)
+    return tok
+
+
+def check_vocab(tok, hf_path: str, extra: int) -> None:
+    """The embedding (config vocab_size) must hold every token; base + extra must not exceed it."""
+    cfg_path = os.path.join(hf_path, "config.json")
+    if not os.path.exists(cfg_path):
+        return
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    vocab = cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size")
+    if vocab is None:
+        return
+    n, base = len(tok), tok.vocab_size
+    if vocab < n:
+        raise DataError(f"{cfg_path}: vocab_size {vocab} < tokenizer size {n}: token ids would overflow the embedding")
+    if extra and base + extra > vocab:
+        raise DataError(f"{cfg_path}: EXTRA_VOCAB_SIZE {extra} + {base} BPE tokens = {base + extra} > config vocab_size {vocab}")
+
+
+def start_encoding(args, reader, batch_size: int, sample_texts):
+    """(tokenizer, encoder, template, batches): the encoder is verified on texts of the first batch.
+
+    ``args`` carries hf_model_path, tokenizer_class, extra_vocab_size, encoder and template;
+    ``sample_texts(batch)`` returns message texts of a batch for that verification."""
+    tok = load_tokenizer(args.hf_model_path, args.tokenizer_class)
+    check_vocab(tok, args.hf_model_path, args.extra_vocab_size)
+    batches = _batched(reader, batch_size)
+    first = next(batches, [])
+    enc = build_encoder(tok, args.encoder, sample_texts(first))
+    try:
+        template = get_template(args.template, tok, list(enc.special_ids))
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return tok, enc, template, itertools.chain([first] if first else [], batches)
+
+
+@contextlib.contextmanager
+def encoded_in_workers(encode_batch, batches, workers: int):
+    """``encode_batch`` mapped over ``batches`` in order: forked workers (which inherit the parent's
+    encoder state) when workers > 1, in-process otherwise. The pool ends with the block."""
+    if workers <= 1:
+        yield map(encode_batch, batches)
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    pool = mp.get_context("fork").Pool(workers)
+    try:
+        yield pool.imap(encode_batch, batches, chunksize=1)
+    finally:
+        pool.terminate()
+
+
+def _batched(reader, size: int):
+    it = iter(reader)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
