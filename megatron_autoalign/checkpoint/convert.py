@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from .errors import CheckpointError
+from .errors import CheckpointError, run_command
 from .layout import DTYPES
 
 
@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return lambda it, total=None: tqdm(it, desc=desc, total=total, file=sys.stderr)
 
-    start = time.time()
-    try:
+    def convert():
+        start = time.time()
         _check_destination(args.save_path)
         if args.mg2hf:
             megatron_to_hf(args, progress)
@@ -167,14 +167,8 @@ def main(argv: list[str] | None = None) -> int:
 
             hf_dir, mg_dir = (args.save_path, args.load_path) if args.mg2hf else (args.load_path, args.save_path)
             verify(hf_dir, mg_dir)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        from ..runtime import destroy_distributed
 
-        destroy_distributed()
-    return 0
+    return run_command(convert)
 
 
 if __name__ == "__main__":

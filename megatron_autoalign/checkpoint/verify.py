@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, run_command
 from .layout import DTYPES
 
 
@@ -81,16 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="compute dtype of both models")
     p.add_argument("--seq-len", type=int, default=32)
     args = p.parse_args(argv)
-    try:
-        verify(args.hf_path, args.megatron_path, DTYPES[args.dtype], args.seq_len)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        from ..runtime import destroy_distributed
-
-        destroy_distributed()
-    return 0
+    return run_command(lambda: verify(args.hf_path, args.megatron_path, DTYPES[args.dtype], args.seq_len))
 
 
 if __name__ == "__main__":
