@@ -5,7 +5,6 @@ not trained); doc_lens are the conversation lengths inside the (possibly packed)
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from . import manifest as _manifest

@@ -35,7 +35,7 @@ def init_distributed(
     timeout_minutes: int = 30,
 ) -> None:
     """Initialise torch.distributed and megatron-core's model-parallel groups, then seed RNGs."""
-    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core import parallel_state
 
     if not torch.cuda.is_available():
         from . import cpu_compat

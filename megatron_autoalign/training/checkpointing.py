@@ -17,7 +17,7 @@ import shutil
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_autoalign.checkpoint import iteration_dir, load_megatron_checkpoint_weights, read_tracker, write_tracker

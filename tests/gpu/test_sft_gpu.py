@@ -4,7 +4,6 @@ Losses must be finite and the first-step losses must agree (bf16: 2e-2); the los
 Skipped without CUDA; launches torchrun itself. Run: `pytest tests/gpu/test_sft_gpu.py -v -s`.
 """
 
-import os
 
 import pytest
 import torch

