@@ -53,6 +53,9 @@ def run_ours(args, hf_config: dict) -> dict:
     tconfig.finalize_model_grads_func = finalize_model_grads
     for field in args.disable:
         setattr(tconfig, field, False)
+    if args.recompute_modules:
+        tconfig.recompute_granularity = "selective"
+        tconfig.recompute_modules = args.recompute_modules
     model = build_gpt_model(hf_config, tconfig, fused_linear_cross_entropy=not args.unfused_loss).cuda()
     ddp = DistributedDataParallel(
         tconfig, DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=True,
@@ -100,6 +103,7 @@ def run_ours(args, hf_config: dict) -> dict:
     for _ in range(args.warmup):
         step()
     torch.cuda.synchronize()
+    static_gb = torch.cuda.memory_allocated() / 1e9  # params, grads, optimizer state between steps
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(args.steps):
@@ -113,9 +117,12 @@ def run_ours(args, hf_config: dict) -> dict:
     result = {
         "system": f"ours_local_spec_tp{args.tp}" + (f"_packed{args.packed_docs}" if packed else "")
         + ("_unfusedloss" if args.unfused_loss else "") + ("_foreachadam" if args.no_fused_adam else "")
-        + "".join(f"_no-{f}" for f in args.disable),
+        + "".join(f"_no-{f}" for f in args.disable)
+        + "".join(f"_recompute-{m}" for m in args.recompute_modules),
         "tokens_per_s": tokens_per_s, "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "static_memory_gb": static_gb,
+        "step_ms": 1000 * elapsed / args.steps,
     }
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -125,10 +132,52 @@ def run_ours(args, hf_config: dict) -> dict:
                 step()
             torch.cuda.synchronize()
         result["breakdown_ms_per_step"] = kernel_breakdown(prof, 2)
+        # Device time is summed over kernels; the rest of the step the GPU waited for the host.
+        result["gpu_idle_ms_per_step"] = round(result["step_ms"] - result["breakdown_ms_per_step"]["total"], 2)
         result["top_kernels_ms_per_step"] = top_kernels(prof, 2)
+    if args.host_profile:
+        result["host"] = host_profile(step)
     del ddp, model, optimizer
     torch.cuda.empty_cache()
     return result
+
+
+def host_profile(step) -> dict:
+    """Where the host makes the GPU wait: every synchronising call of one step (with the Python line
+    that made it) and the CPU ops with the most self time over two profiled steps."""
+    import collections
+    import traceback
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    sync_sites = collections.Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename][-4:]
+            sync_sites[" <- ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in reversed(frames))] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    cpu_ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:25]
+    return {
+        "syncs_per_step": dict(sync_sites.most_common(20)),
+        "top_cpu_ops_ms_per_step": [
+            (f"x{e.count // 2:<5d} {e.key[:80]}", round(e.self_cpu_time_total / 2000.0, 2)) for e in cpu_ops
+        ],
+    }
 
 
 def main():
@@ -142,9 +191,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peer", action="store_true", help="also run the HF transformers peer")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--host-profile", action="store_true", help="list host syncs and CPU-heavy ops")
     parser.add_argument("--no-fused-adam", action="store_true")
     parser.add_argument("--unfused-loss", action="store_true", help="materialise logits (megatron's CE)")
     parser.add_argument("--disable", nargs="*", default=[], help="TransformerConfig fusion flags to turn off")
+    parser.add_argument("--recompute-modules", nargs="*", default=[], help="selective recompute, e.g. layernorm")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -157,15 +208,23 @@ def main():
         results.append(run_hf_peer(hf_config, args.seq_length, args.micro_batch_size, args.steps, args.warmup))
     if rank == 0:
         print(f"\n{args.model_size} seq {args.seq_length} mbs {args.micro_batch_size} on {torch.cuda.get_device_name()}")
-        print(f"{'system':60s} {'tokens/s':>10s} {'MFU':>6s} {'peak GB':>8s}")
+        print(f"{'system':60s} {'tokens/s':>10s} {'MFU':>6s} {'peak GB':>8s} {'static GB':>9s}")
         for r in results:
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
-            print(f"{r['system']:60s} {r['tokens_per_s']:10.0f} {mfu:>6s} {r['peak_memory_gb']:8.1f}")
+            static = f"{r['static_memory_gb']:9.1f}" if "static_memory_gb" in r else " " * 8 + "-"
+            print(f"{r['system']:60s} {r['tokens_per_s']:10.0f} {mfu:>6s} {r['peak_memory_gb']:8.1f} {static}")
         if len(results) == 2:
             print(f"ratio ours/peer: {results[0]['tokens_per_s'] / results[1]['tokens_per_s']:.2f}x")
         for r in results:
             if "breakdown_ms_per_step" in r:
-                print("breakdown (ms/step):", r["breakdown_ms_per_step"])
+                print(f"step {r['step_ms']:.1f} ms; GPU idle {r['gpu_idle_ms_per_step']} ms; kernels (ms/step):",
+                      r["breakdown_ms_per_step"])
+                for name, ms in r["top_kernels_ms_per_step"]:
+                    print(f"  {ms:8.2f}  {name}")
+            if "host" in r:
+                print("host syncs in one step:", r["host"]["syncs_per_step"])
+                for name, ms in r["host"]["top_cpu_ops_ms_per_step"]:
+                    print(f"  cpu {ms:8.2f}  {name}")
         out = json.dumps({"args": vars(args), "results": results}, indent=1)
         print(out)
         if args.json:

@@ -34,11 +34,12 @@ def kernel_breakdown(prof, steps: int) -> dict:
     return {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-def top_kernels(prof, steps: int, n: int = 25) -> list[tuple[str, float]]:
-    """The ``n`` kernels with the most device time per step (ms), for explaining the breakdown."""
+def top_kernels(prof, steps: int, n: int = 40) -> list[tuple[str, float]]:
+    """The ``n`` kernels with the most device time per step (ms), with launches per step, for explaining
+    the breakdown."""
     rows = []
     for evt in prof.key_averages():
         device_us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0.0)
         if device_us and not evt.key.startswith("ProfilerStep"):
-            rows.append((evt.key[:90], round(device_us / 1000.0 / steps, 2)))
+            rows.append((f"x{evt.count // steps:<5d} {evt.key[:100]}", round(device_us / 1000.0 / steps, 2)))
     return sorted(rows, key=lambda r: -r[1])[:n]

@@ -3,6 +3,9 @@
 megatron-core's own ``DotProductAttention`` refuses packed sequences and context parallelism and builds
 its mask on CUDA. This module fills those holes through the layer spec:
 
+- RoPE: with ``rotary_base`` set (the builder's local spec sets it and builds the GPTModel without
+  megatron's own RoPE), q and k are rotated here, from the same per-token document positions that define
+  the mask (``rope.py``): one compiled kernel on GPU and no host synchronisation per layer;
 - plain causal batches (``sbhd``, no CP): torch SDPA with ``is_causal`` (flash / cuDNN on GPU);
 - packed documents (``thd``) and/or context parallel: every local query token and every (gathered) key
   token gets a (document id, position in document); a key is visible when it is in the same document and
@@ -12,6 +15,9 @@ its mask on CUDA. This module fills those holes through the layer spec:
 Context parallel follows megatron's load-balanced layout: each document (or the whole row) of padded
 length L is cut into 2*CP chunks and CP rank r holds chunks r and 2*CP-1-r. ``cp_token_layout`` is the
 one place that layout is computed; the training data path uses it to split batches.
+
+Outputs keep the ``[s, b, h, d]`` memory order of the inputs (FlexAttention and flash SDPA follow the
+query's layout), so handing the result to the output projection is a view, not a copy.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
+
+from .rope import apply_rope, rope_tables
 
 
 def cp_token_layout(
@@ -79,6 +87,7 @@ class _LastValueCache:
 
 
 _LAYOUT_CACHE = _LastValueCache()
+_CAUSAL_ROPE_CACHE = _LastValueCache()
 _BLOCK_MASK_CACHE = _LastValueCache()
 _flex_attention = None
 
@@ -105,8 +114,10 @@ class DocumentCausalAttention(MegatronModule):
         softmax_scale: Optional[float] = None,
         cp_comm_type: Optional[str] = None,
         pg_collection=None,
+        rotary_base: Optional[float] = None,
     ):
         super().__init__(config=config)
+        self.rotary_base = rotary_base
         tp = parallel_state.get_tensor_model_parallel_world_size()
         self.heads = divide(config.num_attention_heads, tp)
         self.kv_heads = divide(config.num_query_groups or config.num_attention_heads, tp)
@@ -134,16 +145,21 @@ class DocumentCausalAttention(MegatronModule):
         cp_size = cp_group.size()
         dropout = self.dropout if self.training else 0.0
 
-        # [s, b, h, d] -> [b, h, s, d]
-        q = query.permute(1, 2, 0, 3)
         if cp_size > 1:
             key = gather_from_sequence_parallel_region(key, group=cp_group)
             value = gather_from_sequence_parallel_region(value, group=cp_group)
-        k, v = key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)
 
         if not thd and cp_size == 1:
+            if self.rotary_base is not None:
+                tables = _CAUSAL_ROPE_CACHE.get(
+                    (seq_len, str(query.device), query.dtype, self.rotary_base, self.head_dim),
+                    lambda: rope_tables(torch.arange(seq_len, device=query.device), self.head_dim,
+                                        self.rotary_base, query.dtype),
+                )
+                query, key = apply_rope(query, key, *tables, *tables)
             out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True
+                *(t.permute(1, 2, 0, 3) for t in (query, key, value)),  # [s, b, h, d] -> [b, h, s, d]
+                is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True,
             )
         else:
             if thd:
@@ -152,14 +168,18 @@ class DocumentCausalAttention(MegatronModule):
                     cu = packed_seq_params.cu_seqlens_q
             else:
                 cu = seq_len * cp_size  # one document: the whole (CP-gathered) row
-            out = self._masked(q, k, v, cu, cp_group, dropout)
+            layout = self._layout(cu, cp_group, query.device, query.dtype)
+            if self.rotary_base is not None:
+                query, key = apply_rope(query, key, *layout.q_rope, *layout.k_rope)
+            out = self._masked(*(t.permute(1, 2, 0, 3) for t in (query, key, value)), layout, dropout)
 
         out = out.permute(2, 0, 1, 3).reshape(seq_len, batch, self.heads * self.head_dim)
         return out.squeeze(1) if thd else out
 
-    def _layout(self, cu, cp_group, device):
-        """(doc, pos) of local queries and gathered keys; ``cu``: document boundaries, or a row length."""
+    def _layout(self, cu, cp_group, device, dtype) -> "_TokenLayout":
+        """Per-token document layout of this micro-batch; ``cu``: document boundaries, or a row length."""
         cp_size, cp_rank = cp_group.size(), cp_group.rank()
+        key = (cu, cp_size, cp_rank, str(device), dtype, self.rotary_base, self.head_dim)
 
         def build():
             bounds = torch.tensor([0, cu]) if isinstance(cu, int) else cu.cpu()
@@ -167,13 +187,17 @@ class DocumentCausalAttention(MegatronModule):
             per_rank = [cp_token_layout(bounds, cp_size, r) for r in range(cp_size)]
             k_doc = torch.cat([p[0] for p in per_rank])
             k_pos = torch.cat([p[1] for p in per_rank])
-            return tuple(t.to(device) for t in (q_doc, q_pos, k_doc, k_pos))
+            q_doc, q_pos, k_doc, k_pos = (t.to(device) for t in (q_doc, q_pos, k_doc, k_pos))
+            q_rope = k_rope = None
+            if self.rotary_base is not None:
+                q_rope = rope_tables(q_pos, self.head_dim, self.rotary_base, dtype)
+                k_rope = rope_tables(k_pos, self.head_dim, self.rotary_base, dtype)
+            return _TokenLayout(q_doc, q_pos, k_doc, k_pos, q_rope, k_rope, key)
 
-        key = (cu, cp_size, cp_rank, str(device))
-        return key, _LAYOUT_CACHE.get(key, build)
+        return _LAYOUT_CACHE.get(key, build)
 
-    def _masked(self, q, k, v, cu, cp_group, dropout):
-        layout_key, (q_doc, q_pos, k_doc, k_pos) = self._layout(cu, cp_group, q.device)
+    def _masked(self, q, k, v, layout: "_TokenLayout", dropout):
+        q_doc, q_pos, k_doc, k_pos = layout.q_doc, layout.q_pos, layout.k_doc, layout.k_pos
         if q.is_cuda and dropout == 0.0:
             from torch.nn.attention.flex_attention import create_block_mask
 
@@ -181,7 +205,7 @@ class DocumentCausalAttention(MegatronModule):
                 return (q_doc[qi] == k_doc[ki]) & (k_pos[ki] <= q_pos[qi])
 
             block_mask = _BLOCK_MASK_CACHE.get(
-                layout_key,
+                layout.key,
                 lambda: create_block_mask(mask_mod, None, None, q.shape[2], k.shape[2], device=q.device),
             )
             return _compiled_flex_attention()(
@@ -191,3 +215,12 @@ class DocumentCausalAttention(MegatronModule):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True
         )
+
+
+class _TokenLayout:
+    """(document id, position) of the local queries and the (CP-gathered) keys, and their RoPE tables."""
+
+    def __init__(self, q_doc, q_pos, k_doc, k_pos, q_rope, k_rope, key):
+        self.q_doc, self.q_pos, self.k_doc, self.k_pos = q_doc, q_pos, k_doc, k_pos
+        self.q_rope, self.k_rope = q_rope, k_rope
+        self.key = key

@@ -104,8 +104,12 @@ def resolve_transformer_impl(requested: str = "auto") -> str:
     return requested
 
 
-def layer_spec(config, transformer_impl: str = "local", vp_stage: int | None = None):
-    """Block submodules for this pipeline stage."""
+def layer_spec(config, transformer_impl: str = "local", vp_stage: int | None = None, rotary_base: float = 1e6):
+    """Block submodules for this pipeline stage.
+
+    In the local spec RoPE is applied by ``DocumentCausalAttention`` (fused, from per-document positions),
+    so the GPTModel around it is built without megatron's own RoPE (``position_embedding_type``).
+    """
     from megatron.core.models.gpt import gpt_layer_specs
 
     if transformer_impl == "transformer_engine":
@@ -117,7 +121,9 @@ def layer_spec(config, transformer_impl: str = "local", vp_stage: int | None = N
         spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
         spec.submodules.input_layernorm = RMSNorm
         spec.submodules.pre_mlp_layernorm = RMSNorm
-        spec.submodules.self_attention.submodules.core_attention = ModuleSpec(module=DocumentCausalAttention)
+        spec.submodules.self_attention.submodules.core_attention = ModuleSpec(
+            module=DocumentCausalAttention, params={"rotary_base": rotary_base}
+        )
         final_norm = RMSNorm
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[spec] * num_layers, layer_norm=final_norm)
@@ -141,17 +147,18 @@ def build_gpt_model(
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     size = size_of(hf_config)
+    theta = rope_theta(hf_config)
     return Qwen2GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(config, transformer_impl, vp_stage),
+        transformer_layer_spec=layer_spec(config, transformer_impl, vp_stage, rotary_base=theta),
         vocab_size=size.vocab_size,
         max_sequence_length=max_sequence_length or hf_config.get("max_position_embeddings", 32768),
         pre_process=pre_process,
         post_process=post_process,
         parallel_output=True,
         share_embeddings_and_output_weights=size.tie_word_embeddings,
-        position_embedding_type="rope",
-        rotary_base=rope_theta(hf_config),
+        position_embedding_type="rope" if transformer_impl == "transformer_engine" else "none",
+        rotary_base=theta,
         vp_stage=vp_stage,
         fused_linear_cross_entropy=fused_linear_cross_entropy,
     )
