@@ -56,7 +56,8 @@ def run_ours(args, hf_config: dict) -> dict:
     if args.recompute_modules:
         tconfig.recompute_granularity = "selective"
         tconfig.recompute_modules = args.recompute_modules
-    model = build_gpt_model(hf_config, tconfig, fused_linear_cross_entropy=not args.unfused_loss).cuda()
+    model = build_gpt_model(hf_config, tconfig, fused_linear_cross_entropy=not args.unfused_loss,
+                            recompute_activation=args.recompute_swiglu).cuda()
     ddp = DistributedDataParallel(
         tconfig, DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=True,
                                                use_distributed_optimizer=True), model
@@ -66,10 +67,12 @@ def run_ours(args, hf_config: dict) -> dict:
                         use_distributed_optimizer=True),
         [ddp],
     )
-    if not args.no_fused_adam:
-        from megatron_autoalign.runtime.fused_adam import enable_fused_adam
+    from megatron_autoalign.runtime.optimizer_fallbacks import enable_fused_adam, use_foreach_multi_tensor_ops
 
+    if not args.no_fused_adam:
         enable_fused_adam(optimizer)
+    if not args.local_multi_tensor:
+        use_foreach_multi_tensor_ops()
     seq, mbs = args.seq_length, args.micro_batch_size
     tokens = torch.randint(0, 151643, (mbs, seq + 1), device="cuda")
     positions = torch.arange(seq, device="cuda").expand(mbs, seq)
@@ -117,6 +120,7 @@ def run_ours(args, hf_config: dict) -> dict:
     result = {
         "system": f"ours_local_spec_tp{args.tp}" + (f"_packed{args.packed_docs}" if packed else "")
         + ("_unfusedloss" if args.unfused_loss else "") + ("_foreachadam" if args.no_fused_adam else "")
+        + ("_localmultitensor" if args.local_multi_tensor else "") + ("_recompute-swiglu" if args.recompute_swiglu else "")
         + "".join(f"_no-{f}" for f in args.disable)
         + "".join(f"_recompute-{m}" for m in args.recompute_modules),
         "tokens_per_s": tokens_per_s, "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
@@ -193,8 +197,11 @@ def main():
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--host-profile", action="store_true", help="list host syncs and CPU-heavy ops")
     parser.add_argument("--no-fused-adam", action="store_true")
+    parser.add_argument("--local-multi-tensor", action="store_true",
+                        help="keep megatron's per-tensor (host-synchronising) grad-norm / scale stand-ins")
     parser.add_argument("--unfused-loss", action="store_true", help="materialise logits (megatron's CE)")
     parser.add_argument("--disable", nargs="*", default=[], help="TransformerConfig fusion flags to turn off")
+    parser.add_argument("--recompute-swiglu", action="store_true", help="MLP recomputes its SwiGLU output")
     parser.add_argument("--recompute-modules", nargs="*", default=[], help="selective recompute, e.g. layernorm")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

@@ -156,7 +156,7 @@ class DocumentCausalAttention(MegatronModule):
                     lambda: rope_tables(torch.arange(seq_len, device=query.device), self.head_dim,
                                         self.rotary_base, query.dtype),
                 )
-                query, key = apply_rope(query, key, *tables, *tables)
+                query, key, value = apply_rope(query, key, value, *tables, *tables)
             out = F.scaled_dot_product_attention(
                 *(t.permute(1, 2, 0, 3) for t in (query, key, value)),  # [s, b, h, d] -> [b, h, s, d]
                 is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True,
@@ -170,7 +170,7 @@ class DocumentCausalAttention(MegatronModule):
                 cu = seq_len * cp_size  # one document: the whole (CP-gathered) row
             layout = self._layout(cu, cp_group, query.device, query.dtype)
             if self.rotary_base is not None:
-                query, key = apply_rope(query, key, *layout.q_rope, *layout.k_rope)
+                query, key, value = apply_rope(query, key, value, *layout.q_rope, *layout.k_rope)
             out = self._masked(*(t.permute(1, 2, 0, 3) for t in (query, key, value)), layout, dropout)
 
         out = out.permute(2, 0, 1, 3).reshape(seq_len, batch, self.heads * self.head_dim)

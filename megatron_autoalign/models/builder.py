@@ -17,6 +17,7 @@ from megatron.core.transformer.transformer_block import (
 
 from .attention import DocumentCausalAttention
 from .linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
+from .mlp import Qwen2MLP
 from .norm import RMSNorm
 from .qwen2 import ConfigError, rope_theta, size_of
 
@@ -104,11 +105,18 @@ def resolve_transformer_impl(requested: str = "auto") -> str:
     return requested
 
 
-def layer_spec(config, transformer_impl: str = "local", vp_stage: int | None = None, rotary_base: float = 1e6):
+def layer_spec(
+    config,
+    transformer_impl: str = "local",
+    vp_stage: int | None = None,
+    rotary_base: float = 1e6,
+    recompute_activation: bool = False,
+):
     """Block submodules for this pipeline stage.
 
     In the local spec RoPE is applied by ``DocumentCausalAttention`` (fused, from per-document positions),
-    so the GPTModel around it is built without megatron's own RoPE (``position_embedding_type``).
+    so the GPTModel around it is built without megatron's own RoPE (``position_embedding_type``), and
+    the MLP can recompute its SwiGLU output in the backward instead of keeping it (``Qwen2MLP``).
     """
     from megatron.core.models.gpt import gpt_layer_specs
 
@@ -124,6 +132,8 @@ def layer_spec(config, transformer_impl: str = "local", vp_stage: int | None = N
         spec.submodules.self_attention.submodules.core_attention = ModuleSpec(
             module=DocumentCausalAttention, params={"rotary_base": rotary_base}
         )
+        spec.submodules.mlp.module = Qwen2MLP
+        spec.submodules.mlp.params = {"recompute_activation": recompute_activation}
         final_norm = RMSNorm
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[spec] * num_layers, layer_norm=final_norm)
@@ -138,8 +148,12 @@ def build_gpt_model(
     vp_stage: int | None = None,
     max_sequence_length: int | None = None,
     fused_linear_cross_entropy: bool = True,
+    recompute_activation: bool = False,
 ) -> GPTModel:
-    """A GPTModel chunk for this rank's pipeline stage (``pre_process``/``post_process`` default to it)."""
+    """A GPTModel chunk for this rank's pipeline stage (``pre_process``/``post_process`` default to it).
+
+    ``recompute_activation``: the local spec's MLP recomputes its SwiGLU output in the backward.
+    """
     if hf_config.get("use_sliding_window"):
         raise ConfigError("sliding-window attention (use_sliding_window=true) is not supported")
     if pre_process is None:
@@ -150,7 +164,9 @@ def build_gpt_model(
     theta = rope_theta(hf_config)
     return Qwen2GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(config, transformer_impl, vp_stage, rotary_base=theta),
+        transformer_layer_spec=layer_spec(
+            config, transformer_impl, vp_stage, rotary_base=theta, recompute_activation=recompute_activation
+        ),
         vocab_size=size.vocab_size,
         max_sequence_length=max_sequence_length or hf_config.get("max_position_embeddings", 32768),
         pre_process=pre_process,

@@ -52,6 +52,25 @@ def _kernel(fn, on_cuda: bool):
     return _compiled[fn]
 
 
+_ADDMM_OUT_DTYPE = True  # torch.addmm(..., out_dtype=) on CUDA: bf16 x bf16 accumulated into fp32 in place
+
+
+def _accumulate_matmul(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out += a @ b`` with ``out`` in the accumulation dtype, without a product or cast temporary
+    where the backend allows (a [V, h] fp32 temporary is ~1 GB for Qwen's vocabulary)."""
+    global _ADDMM_OUT_DTYPE
+    if a.dtype == out.dtype:
+        out.addmm_(a, b)
+        return
+    if out.is_cuda and _ADDMM_OUT_DTYPE:
+        try:
+            torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+            return
+        except (TypeError, RuntimeError):  # older torch: no mixed-dtype addmm
+            _ADDMM_OUT_DTYPE = False
+    out += (a @ b).to(out.dtype)
+
+
 def _tp_size(group) -> int:
     return dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
 
@@ -105,7 +124,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden[s:e]
             grad = grad_of_logits(h @ weight.t(), lse[s:e], local_ids[s:e], owned[s:e], scale[s:e])
             grad_hidden[s:e] = grad @ weight
-            grad_weight += (grad.t() @ h).to(acc)
+            _accumulate_matmul(grad_weight, grad.t(), h)
         return grad_hidden, grad_weight.to(weight.dtype), None, None, None, None
 
 

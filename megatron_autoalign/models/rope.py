@@ -27,19 +27,23 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def rotate_query_key(q, k, q_cos, q_sin, k_cos, k_sin):
-    """RoPE on q ``[s, b, h, d]`` and k ``[s', b, g, d]``; tables broadcast over batch and heads."""
-    return _rotate(q, q_cos, q_sin), _rotate(k, k_cos, k_sin)
+def rotate_query_key(q, k, v, q_cos, q_sin, k_cos, k_sin):
+    """RoPE on q ``[s, b, h, d]`` and k ``[s', b, g, d]``; tables broadcast over batch and heads.
+
+    ``v`` comes back as a contiguous copy: q, k and v are views of one fused QKV projection output, and
+    attention saving the view of v would keep that whole buffer alive until the backward.
+    """
+    return _rotate(q, q_cos, q_sin), _rotate(k, k_cos, k_sin), v.contiguous()
 
 
 _compiled_rotate = None
 
 
-def apply_rope(q, k, q_cos, q_sin, k_cos, k_sin):
+def apply_rope(q, k, v, q_cos, q_sin, k_cos, k_sin):
     """``rotate_query_key``, compiled into one kernel each way on GPU, eager on CPU."""
     global _compiled_rotate
     if not q.is_cuda:
-        return rotate_query_key(q, k, q_cos, q_sin, k_cos, k_sin)
+        return rotate_query_key(q, k, v, q_cos, q_sin, k_cos, k_sin)
     if _compiled_rotate is None:
         _compiled_rotate = torch.compile(rotate_query_key, dynamic=None)
-    return _compiled_rotate(q, k, q_cos, q_sin, k_cos, k_sin)
+    return _compiled_rotate(q, k, v, q_cos, q_sin, k_cos, k_sin)

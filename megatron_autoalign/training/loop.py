@@ -60,7 +60,7 @@ def build_model(args, hf_cfg, config):
     from megatron_autoalign.models import build_model_chunks, resolve_transformer_impl
 
     impl = resolve_transformer_impl(args.transformer_impl)
-    chunks = build_model_chunks(hf_cfg, config, impl)
+    chunks = build_model_chunks(hf_cfg, config, impl, recompute_activation=args.recompute_swiglu)
     dev = device()
     return [c.to(dev) for c in chunks]
 
@@ -92,9 +92,10 @@ def build_optimizer(args, ddp_chunks):
         params_dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32,
         loss_scale=args.loss_scale, use_distributed_optimizer=args.use_distributed_optimizer,
     )
-    optimizer = get_megatron_optimizer(cfg, ddp_chunks)
-    from megatron_autoalign.runtime.fused_adam import enable_fused_adam
+    from megatron_autoalign.runtime.optimizer_fallbacks import enable_fused_adam, use_foreach_multi_tensor_ops
 
+    use_foreach_multi_tensor_ops()  # no-op when TE/apex provide these ops
+    optimizer = get_megatron_optimizer(cfg, ddp_chunks)
     enable_fused_adam(optimizer)  # no-op on CPU or when TE/apex provide their fused Adam
     return optimizer
 

@@ -26,7 +26,7 @@ def test_rope_matches_hf(dtype, tol):
     q = torch.randn(8, 4, HEAD_DIM, dtype=dtype)
     k = torch.randn(8, 2, HEAD_DIM, dtype=dtype)
     q_cos, q_sin = rope_tables(positions, HEAD_DIM, THETA, dtype)
-    q_ours, k_ours = apply_rope(q[:, None], k[:, None], q_cos, q_sin, q_cos, q_sin)
+    q_ours, k_ours, _ = apply_rope(q[:, None], k[:, None], k[:, None], q_cos, q_sin, q_cos, q_sin)
     q_hf, k_hf = _hf_rope(q, k, positions)
     torch.testing.assert_close(q_ours[:, 0], q_hf, atol=tol, rtol=tol)
     torch.testing.assert_close(k_ours[:, 0], k_hf, atol=tol, rtol=tol)
