@@ -56,8 +56,9 @@ def curves(setup):
         run(setup, "resumed", "packed", *dp_do, "--load", save, "--save", save, iters=6),
     ])))
     out.update(run_all(tmp, 4, dict([
+        # also with the SwiGLU output recomputed in the backward (released after fc2, under TP + SP + PP)
         run(setup, "tp2pp2_sp", "packed", "--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2,
-            "--sequence-parallel"),
+            "--sequence-parallel", "--recompute-swiglu"),
         run(setup, "tp2cp2_sp_unpacked", "unpacked", "--tensor-model-parallel-size", 2, "--context-parallel-size", 2,
             "--sequence-parallel"),
     ])))
