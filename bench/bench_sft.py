@@ -10,7 +10,8 @@ What runs (one command on any GPU box, nothing downloaded):
 Prints a table, then the JSON.
 
     python bench/bench_sft.py --model-size 1.5B --seq-length 8192 --gpus 1 --peer
-    python bench/bench_sft.py --model-size 7B --gpus 4 --tp 2 --extra "--recompute-granularity selective"
+    python bench/bench_sft.py --model-size 7B --gpus 4 --tp 2 --extra="--recompute-granularity selective"
+    python bench/bench_sft.py --model-size 1.5B --gpus 1 --extra=--recompute-swiglu
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def main():
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--peer", action="store_true", help="also run the HF peer on one GPU")
-    p.add_argument("--extra", default="", help="extra training flags, e.g. '--recompute-granularity selective'")
+    p.add_argument("--extra", default="", help="extra training flags; write --extra=... when they start with a dash")
     p.add_argument("--work", default=os.path.join(ROOT, ".bench_out"))
     p.add_argument("--json", default=None)
     args = p.parse_args()
