@@ -16,8 +16,8 @@ Context parallel follows megatron's load-balanced layout: each document (or the 
 length L is cut into 2*CP chunks and CP rank r holds chunks r and 2*CP-1-r. ``cp_token_layout`` is the
 one place that layout is computed; the training data path uses it to split batches.
 
-Outputs keep the ``[s, b, h, d]`` memory order of the inputs (FlexAttention and flash SDPA follow the
-query's layout), so handing the result to the output projection is a view, not a copy.
+q, k and v are handed to the kernels as ``[b, h, s, d]`` views of ``[s, b, h, d]`` memory. FlexAttention
+returns its output in the query's memory order, so reshaping it for the output projection needs no copy.
 """
 
 from __future__ import annotations

@@ -36,3 +36,21 @@ def test_flex_document_mask_matches_per_document_sdpa(dtype, tol):
     ref = torch.cat(ref)
     rel = (out.float() - ref).norm() / ref.norm()
     assert rel < tol, rel
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_compiled_rope_matches_hf(dtype, tol):
+    """On GPU RoPE is a compiled kernel (fp32 arithmetic inside); it must still be HF's rotation."""
+    from megatron_autoalign.models.rope import apply_rope, rope_tables
+    from tests.unit.test_rope import HEAD_DIM, THETA, _hf_rope
+
+    torch.manual_seed(0)
+    positions = torch.cat([torch.arange(700), torch.arange(3000)]).cuda()  # two packed documents
+    q = torch.randn(3700, 4, HEAD_DIM, device="cuda", dtype=dtype)
+    k = torch.randn(3700, 2, HEAD_DIM, device="cuda", dtype=dtype)
+    cos, sin = rope_tables(positions, HEAD_DIM, THETA, dtype)
+    q_ours, k_ours, v_copy = apply_rope(q[:, None], k[:, None], k[:, None], cos, sin, cos, sin)
+    q_hf, k_hf = _hf_rope(q, k, positions)
+    torch.testing.assert_close(q_ours[:, 0], q_hf, atol=tol, rtol=tol)
+    torch.testing.assert_close(k_ours[:, 0], k_hf, atol=tol, rtol=tol)
+    assert torch.equal(v_copy[:, 0], k) and v_copy.is_contiguous()
