@@ -37,10 +37,10 @@ def run_ours(args, hf_config: dict) -> dict:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.packed_seq_params import PackedSeqParams
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_autoalign.models import build_gpt_model, transformer_config_from_hf
+    from megatron_autoalign.models.attention import PackedDocuments
     from megatron_autoalign.models.flops import peak_tflops, training_flops_per_token
     from megatron_autoalign.runtime import init_distributed
     from profile_breakdown import kernel_breakdown, top_kernels
@@ -76,16 +76,17 @@ def run_ours(args, hf_config: dict) -> dict:
     seq, mbs = args.seq_length, args.micro_batch_size
     tokens = torch.randint(0, 151643, (mbs, seq + 1), device="cuda")
     positions = torch.arange(seq, device="cuda").expand(mbs, seq)
-    packed = None
-    if args.packed_docs > 1:
-        bounds = torch.linspace(0, seq * mbs, args.packed_docs * mbs + 1).long().tolist()
-        cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
-        packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                                 max_seqlen_q=seq, max_seqlen_kv=seq)
+    bounds = tuple(torch.linspace(0, seq * mbs, args.packed_docs * mbs + 1).long().tolist())
 
     def forward_step(_, m):
         inp, lab, pos = tokens[:, :-1], tokens[:, 1:], positions
-        if packed is not None:
+        packed = None
+        if args.packed_docs > 1:
+            # Same boundaries every step, so the attention builds its document layout and block mask once;
+            # training batches with other boundaries rebuild them once per micro-batch.
+            cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
+            packed = PackedDocuments(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=seq,
+                                     max_seqlen_kv=seq, boundaries=bounds)
             inp, lab, pos = inp.reshape(1, -1), lab.reshape(1, -1), pos.reshape(1, -1)
         out = m(inp, pos, None, labels=lab, packed_seq_params=packed)
 
@@ -118,7 +119,7 @@ def run_ours(args, hf_config: dict) -> dict:
     tflops = tokens_per_s * training_flops_per_token(hf_config, seq) / 1e12 / world
     peak = peak_tflops(torch.cuda.get_device_name())
     result = {
-        "system": f"ours_local_spec_tp{args.tp}" + (f"_packed{args.packed_docs}" if packed else "")
+        "system": f"ours_local_spec_tp{args.tp}" + (f"_packed{args.packed_docs}" if args.packed_docs > 1 else "")
         + ("_unfusedloss" if args.unfused_loss else "") + ("_foreachadam" if args.no_fused_adam else "")
         + ("_localmultitensor" if args.local_multi_tensor else "") + ("_recompute-swiglu" if args.recompute_swiglu else "")
         + "".join(f"_no-{f}" for f in args.disable)

@@ -34,18 +34,19 @@ if [ ! -f "$WORK/data/sft_manifest.json" ]; then
       "$WORK/chats.jsonl" conversations Qwen2Tokenizer 8192 "$WORK/data/sft" "$WORK/hf" 293 qwen --no-progress
 fi
 
-run() {  # name gpus tp pp iters
+run() {  # name gpus tp pp iters [extra training flags]
   rm -rf "$WORK/out_$1"
   CUDA_VISIBLE_DEVICES=$(seq -s, 0 $(($2 - 1))) DATASET_PATH="$WORK/data/sft" PRETRAIN_CHECKPOINT_PATH="$WORK/mg" \
   OUTPUT_BASEPATH="$WORK/out_$1" GPUS_PER_NODE=$2 TP=$3 PP=$4 SP=$([ "$3" -gt 1 ] && echo true || echo false) \
   MODEL_SIZE=1.5B BATCH_SIZE=1 GLOBAL_BATCH_SIZE=16 SEQ_LEN=8192 PAD_LEN=8192 TRAIN_ITERS=$5 SAVE_INTERVAL=100000 \
-  LR=1e-5 MIN_LR=1e-6 EXTRA_ARGS="--log-json $OUT/upstream_$1.jsonl --no-shuffle" \
+  LR=1e-5 MIN_LR=1e-6 EXTRA_ARGS="--log-json $OUT/upstream_$1.jsonl --no-shuffle ${6:-}" \
     bash scripts_megatron/train/qwen2_5/sft_conv.sh > "$OUT/upstream_$1.log" 2>&1
   grep "^iteration" "$OUT/upstream_$1.log" | tail -3
 }
 rm -f "$OUT"/upstream_*.jsonl
 run tp2pp2 "$NGPU" 2 2 ${ITERS:-20}
-run tp1pp1 1 1 1 3
+# Only the first 3 steps, but on the 20-step run's learning-rate schedule, so the updates are the same.
+run tp1pp1 1 1 1 3 "--lr-decay-iters ${ITERS:-20}"
 python3 - "$OUT" "$NGPU" <<'PY'
 import json, sys
 load = lambda n: [json.loads(l) for l in open(f"{sys.argv[1]}/upstream_{n}.jsonl") if '"loss"' in l and '"valid' not in l]

@@ -87,14 +87,14 @@ def copy_hf_side_files(src_dir: str, dst_dir: str, skip: tuple[str, ...] = ()) -
 
 def megatron_args(hf_config: dict, tp: int, pp: int, dtype: torch.dtype, use_te: bool) -> argparse.Namespace:
     """The ``args`` Megatron-LM stores in (and checks against) a checkpoint, with Megatron-LM's names."""
-    from ..models.qwen2 import rope_theta, size_of
+    from ..models.qwen2 import head_dim, rope_theta, size_of
 
     s = size_of(hf_config)
     return argparse.Namespace(
         num_layers=s.num_layers, hidden_size=s.hidden_size, ffn_hidden_size=s.ffn_hidden_size,
         num_attention_heads=s.num_attention_heads, group_query_attention=True,
         num_query_groups=s.num_key_value_heads,
-        kv_channels=hf_config.get("head_dim") or s.hidden_size // s.num_attention_heads,
+        kv_channels=head_dim(hf_config),
         max_position_embeddings=hf_config.get("max_position_embeddings", 32768),
         seq_length=hf_config.get("max_position_embeddings", 32768),
         padded_vocab_size=s.vocab_size, vocab_size=s.vocab_size, make_vocab_size_divisible_by=1,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..models.attention import cp_token_layout
-from ..training.sft_batch import IGNORE, collate_sbhd, collate_thd
+from ..training.sft_batch import IGNORE_INDEX, collate_sbhd, collate_thd
 
 
 def _docs(row: dict):
@@ -46,9 +46,9 @@ def collate_pairs(rows: list[dict], packed: bool, capacity: int, cp_size: int, c
         batch = collate_sbhd([{"input_ids": i, "labels": lab, "doc_lens": np.asarray([len(i)])} for i, lab in docs],
                              capacity, cp_size, cp_rank, pad_id)
         seq_ids = torch.arange(len(docs)).unsqueeze(1).expand_as(batch["tokens"]).contiguous()
-    seq_ids = seq_ids.masked_fill(batch["labels"] == IGNORE, -1)
+    seq_ids = seq_ids.masked_fill(batch["labels"] == IGNORE_INDEX, -1)
     # The target of position i is labels[i+1]: a document's trained count is over labels[1:].
-    batch["seq_trained"] = torch.tensor([int((lab[1:] != IGNORE).sum()) for _, lab in docs], dtype=torch.long)
+    batch["seq_trained"] = torch.tensor([int((lab[1:] != IGNORE_INDEX).sum()) for _, lab in docs], dtype=torch.long)
     batch["seq_ids"] = seq_ids
     batch["num_pairs"] = len(docs) // 2
     batch["pair_index"] = torch.tensor([row["pair_index"] + k for row in rows for k in range(len(row["doc_lens"]) // 2)],

@@ -15,9 +15,8 @@ import os
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.packed_seq_params import PackedSeqParams
 
-from ..training.sft_batch import row_capacity
+from ..training.sft_batch import packed_seq_params, row_capacity
 from ..training.sft_task import _Range, max_docs_per_row, split_ranges
 from ..training.data_checks import check_manifest, pad_id
 from ..training.task import Task, TaskContext
@@ -124,14 +123,10 @@ class DPOTask(Task):
     @staticmethod
     def _run(model, batch):
         """Per-token CE of the batch's targets (last stage) or the stage's activations (other stages)."""
-        packed = None
-        if "cu_seqlens_padded" in batch:
-            cu, cu_pad, mx = batch["cu_seqlens"], batch["cu_seqlens_padded"], batch["max_seqlen"]
-            packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_pad,
-                                     cu_seqlens_kv_padded=cu_pad, max_seqlen_q=mx, max_seqlen_kv=mx)
         # -100 targets stay as they are: the model's CEs (the fused linear CE, megatron's vocab-parallel CE)
         # give them loss 0 / treat them as out of range, and seq_ids excludes them from the sums anyway.
-        return model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"], packed_seq_params=packed)
+        return model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"],
+                     packed_seq_params=packed_seq_params(batch))
 
     def forward_step(self, batch: dict, model):
         return self._run(model, batch), functools.partial(self._loss, batch)

@@ -23,6 +23,7 @@ returns its output in the query's memory order, so reshaping it for the output p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -34,6 +35,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
+from .compiled import kernel
 from .rope import apply_rope, rope_tables
 
 
@@ -61,12 +63,24 @@ def cp_token_layout(
     return torch.cat(docs), torch.cat(positions), torch.cat(indices)
 
 
+@dataclass
+class PackedDocuments(PackedSeqParams):
+    """megatron's PackedSeqParams plus the padded document boundaries as host integers.
+
+    The batch is collated on the host, so the boundaries are known there; with them the attention builds
+    its per-token layout without reading ``cu_seqlens`` back from the GPU (a synchronisation per
+    micro-batch). Plain PackedSeqParams still work: the boundaries are then read from the tensor.
+    """
+
+    boundaries: Optional[tuple] = None
+
+
 class _LastValueCache:
     """Keeps the last built value: all layers of one micro-batch share the same document layout.
 
     Tensors in a key match by identity, not by value: reading a GPU tensor's values would stall the
     host once per layer. The cache holds the tensor, so its identity cannot be reused while cached;
-    a new micro-batch brings new tensors and rebuilds once.
+    a new micro-batch brings new tensors and rebuilds once. Other key parts match by value.
     """
 
     def __init__(self):
@@ -87,18 +101,39 @@ class _LastValueCache:
 
 
 _LAYOUT_CACHE = _LastValueCache()
-_CAUSAL_ROPE_CACHE = _LastValueCache()
-_BLOCK_MASK_CACHE = _LastValueCache()
-_flex_attention = None
 
 
-def _compiled_flex_attention():
-    global _flex_attention
-    if _flex_attention is None:
-        from torch.nn.attention.flex_attention import flex_attention
+class _TokenLayout:
+    """One micro-batch's attention layout, shared by all layers: (document id, position) of the local
+    queries and the (CP-gathered) keys, their RoPE tables, and the masks built from them on first use."""
 
-        _flex_attention = torch.compile(flex_attention, dynamic=False)
-    return _flex_attention
+    def __init__(self, q_doc, q_pos, k_doc, k_pos, q_rope, k_rope):
+        self.q_doc, self.q_pos, self.k_doc, self.k_pos = q_doc, q_pos, k_doc, k_pos
+        self.q_rope, self.k_rope = q_rope, k_rope
+        self._block_mask = self._dense_mask = None
+
+    def block_mask(self):
+        """FlexAttention's block mask of the document-causal rule."""
+        if self._block_mask is None:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            q_doc, q_pos, k_doc, k_pos = self.q_doc, self.q_pos, self.k_doc, self.k_pos
+            self._block_mask = create_block_mask(
+                lambda b, h, qi, ki: _visible(q_doc[qi], q_pos[qi], k_doc[ki], k_pos[ki]),
+                None, None, len(q_doc), len(k_doc), device=q_doc.device,
+            )
+        return self._block_mask
+
+    def dense_mask(self):
+        """The same rule as a [queries, keys] boolean mask (CPU, or attention dropout)."""
+        if self._dense_mask is None:
+            self._dense_mask = _visible(self.q_doc[:, None], self.q_pos[:, None], self.k_doc[None], self.k_pos[None])
+        return self._dense_mask
+
+
+def _visible(q_doc, q_pos, k_doc, k_pos):
+    """The attention rule: a key is visible when it is in the query's document and not later."""
+    return (q_doc == k_doc) & (k_pos <= q_pos)
 
 
 class DocumentCausalAttention(MegatronModule):
@@ -120,7 +155,6 @@ class DocumentCausalAttention(MegatronModule):
         self.rotary_base = rotary_base
         tp = parallel_state.get_tensor_model_parallel_world_size()
         self.heads = divide(config.num_attention_heads, tp)
-        self.kv_heads = divide(config.num_query_groups or config.num_attention_heads, tp)
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale or 1.0 / math.sqrt(self.head_dim)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
@@ -149,78 +183,57 @@ class DocumentCausalAttention(MegatronModule):
             key = gather_from_sequence_parallel_region(key, group=cp_group)
             value = gather_from_sequence_parallel_region(value, group=cp_group)
 
+        if thd:
+            bounds = getattr(packed_seq_params, "boundaries", None)
+            if bounds is None:
+                bounds = packed_seq_params.cu_seqlens_q_padded
+                if bounds is None:
+                    bounds = packed_seq_params.cu_seqlens_q
+        else:
+            bounds = seq_len * cp_size  # one document: the whole (CP-gathered) row
+        layout = self._layout(bounds, cp_group, query.device, query.dtype)
+        if self.rotary_base is not None:
+            query, key, value = apply_rope(query, key, value, *layout.q_rope, *layout.k_rope)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [s, b, h, d] -> [b, h, s, d]
         if not thd and cp_size == 1:
-            if self.rotary_base is not None:
-                tables = _CAUSAL_ROPE_CACHE.get(
-                    (seq_len, str(query.device), query.dtype, self.rotary_base, self.head_dim),
-                    lambda: rope_tables(torch.arange(seq_len, device=query.device), self.head_dim,
-                                        self.rotary_base, query.dtype),
-                )
-                query, key, value = apply_rope(query, key, value, *tables, *tables)
             out = F.scaled_dot_product_attention(
-                *(t.permute(1, 2, 0, 3) for t in (query, key, value)),  # [s, b, h, d] -> [b, h, s, d]
-                is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True,
+                q, k, v, is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True
+            )
+        elif q.is_cuda and dropout == 0.0:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            out = kernel(flex_attention, True, dynamic=False)(
+                q, k, v, block_mask=layout.block_mask(), scale=self.softmax_scale, enable_gqa=True
             )
         else:
-            if thd:
-                cu = packed_seq_params.cu_seqlens_q_padded
-                if cu is None:
-                    cu = packed_seq_params.cu_seqlens_q
-            else:
-                cu = seq_len * cp_size  # one document: the whole (CP-gathered) row
-            layout = self._layout(cu, cp_group, query.device, query.dtype)
-            if self.rotary_base is not None:
-                query, key, value = apply_rope(query, key, value, *layout.q_rope, *layout.k_rope)
-            out = self._masked(*(t.permute(1, 2, 0, 3) for t in (query, key, value)), layout, dropout)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=layout.dense_mask(), dropout_p=dropout, scale=self.softmax_scale,
+                enable_gqa=True,
+            )
 
         out = out.permute(2, 0, 1, 3).reshape(seq_len, batch, self.heads * self.head_dim)
         return out.squeeze(1) if thd else out
 
-    def _layout(self, cu, cp_group, device, dtype) -> "_TokenLayout":
-        """Per-token document layout of this micro-batch; ``cu``: document boundaries, or a row length."""
+    def _layout(self, bounds, cp_group, device, dtype) -> _TokenLayout:
+        """This micro-batch's layout; ``bounds``: padded document boundaries (host tuple or tensor) or a
+        row length."""
         cp_size, cp_rank = cp_group.size(), cp_group.rank()
-        key = (cu, cp_size, cp_rank, str(device), dtype, self.rotary_base, self.head_dim)
 
         def build():
-            bounds = torch.tensor([0, cu]) if isinstance(cu, int) else cu.cpu()
-            q_doc, q_pos, _ = cp_token_layout(bounds, cp_size, cp_rank)
-            per_rank = [cp_token_layout(bounds, cp_size, r) for r in range(cp_size)]
+            if isinstance(bounds, int):
+                cu = torch.tensor([0, bounds])
+            else:
+                cu = bounds.cpu() if isinstance(bounds, torch.Tensor) else torch.tensor(bounds)
+            per_rank = [cp_token_layout(cu, cp_size, r) for r in range(cp_size)]
+            q_doc, q_pos, _ = per_rank[cp_rank]
             k_doc = torch.cat([p[0] for p in per_rank])
             k_pos = torch.cat([p[1] for p in per_rank])
             q_doc, q_pos, k_doc, k_pos = (t.to(device) for t in (q_doc, q_pos, k_doc, k_pos))
             q_rope = k_rope = None
             if self.rotary_base is not None:
                 q_rope = rope_tables(q_pos, self.head_dim, self.rotary_base, dtype)
-                k_rope = rope_tables(k_pos, self.head_dim, self.rotary_base, dtype)
-            return _TokenLayout(q_doc, q_pos, k_doc, k_pos, q_rope, k_rope, key)
+                k_rope = q_rope if cp_size == 1 else rope_tables(k_pos, self.head_dim, self.rotary_base, dtype)
+            return _TokenLayout(q_doc, q_pos, k_doc, k_pos, q_rope, k_rope)
 
+        key = (bounds, cp_size, cp_rank, str(device), dtype, self.rotary_base, self.head_dim)
         return _LAYOUT_CACHE.get(key, build)
-
-    def _masked(self, q, k, v, layout: "_TokenLayout", dropout):
-        q_doc, q_pos, k_doc, k_pos = layout.q_doc, layout.q_pos, layout.k_doc, layout.k_pos
-        if q.is_cuda and dropout == 0.0:
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            def mask_mod(b, h, qi, ki):
-                return (q_doc[qi] == k_doc[ki]) & (k_pos[ki] <= q_pos[qi])
-
-            block_mask = _BLOCK_MASK_CACHE.get(
-                layout.key,
-                lambda: create_block_mask(mask_mod, None, None, q.shape[2], k.shape[2], device=q.device),
-            )
-            return _compiled_flex_attention()(
-                q, k, v, block_mask=block_mask, scale=self.softmax_scale, enable_gqa=True
-            )
-        mask = (q_doc[:, None] == k_doc[None, :]) & (k_pos[None, :] <= q_pos[:, None])
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True
-        )
-
-
-class _TokenLayout:
-    """(document id, position) of the local queries and the (CP-gathered) keys, and their RoPE tables."""
-
-    def __init__(self, q_doc, q_pos, k_doc, k_pos, q_rope, k_rope, key):
-        self.q_doc, self.q_pos, self.k_doc, self.k_pos = q_doc, q_pos, k_doc, k_pos
-        self.q_rope, self.k_rope = q_rope, k_rope
-        self.key = key

@@ -186,7 +186,3 @@ def build_model_chunks(hf_config: dict, config, transformer_impl: str = "local",
     if not vpp or vpp == 1:
         return [build_gpt_model(hf_config, config, transformer_impl, **kwargs)]
     return [build_gpt_model(hf_config, config, transformer_impl, vp_stage=i, **kwargs) for i in range(vpp)]
-
-
-def model_dtype_of(config) -> torch.dtype:
-    return config.params_dtype

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-IGNORE_INDEX = -100
+from ..data.encoder import IGNORE_INDEX
+from .compiled import kernel
+
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -39,17 +41,6 @@ def _softmax_minus_onehot(logits, lse, local_ids, owned, scale):
     vocab = torch.arange(x.shape[1], device=x.device)
     onehot = ((vocab[None, :] == local_ids[:, None]) & owned[:, None]).to(x.dtype)
     return ((probs - onehot) * scale[:, None]).to(logits.dtype)
-
-
-_compiled = {}
-
-
-def _kernel(fn, on_cuda: bool):
-    if not on_cuda:
-        return fn
-    if fn not in _compiled:
-        _compiled[fn] = torch.compile(fn, dynamic=None)
-    return _compiled[fn]
 
 
 _ADDMM_OUT_DTYPE = True  # torch.addmm(..., out_dtype=) on CUDA: bf16 x bf16 accumulated into fp32 in place
@@ -88,7 +79,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         local_ids = labels - vocab_start
         owned = (local_ids >= 0) & (local_ids < vocab_local)
         local_ids = torch.where(owned, local_ids, 0)
-        stats = _kernel(_local_stats, hidden.is_cuda)
+        stats = kernel(_local_stats, hidden.is_cuda)
 
         chunks = [
             stats(hidden[s : s + chunk_size] @ weight.t(), local_ids[s : s + chunk_size], owned[s : s + chunk_size])
@@ -116,7 +107,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         hidden, weight, local_ids, owned, labels, lse = ctx.saved_tensors
         acc = _accumulation_dtype(hidden.dtype)
         scale = torch.where(labels == IGNORE_INDEX, 0.0, grad_losses.to(acc))
-        grad_of_logits = _kernel(_softmax_minus_onehot, hidden.is_cuda)
+        grad_of_logits = kernel(_softmax_minus_onehot, hidden.is_cuda)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         for s in range(0, hidden.shape[0], ctx.chunk_size):

@@ -11,24 +11,14 @@ over the activations); on CPU it runs eagerly.
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from .compiled import kernel
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Same arithmetic as HF Qwen2RMSNorm: normalise in fp32, cast back, then scale.
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
-
-
-_compiled_rms_norm = None
-
-
-def _rms_norm_for(x: torch.Tensor):
-    global _compiled_rms_norm
-    if not x.is_cuda:
-        return rms_norm
-    if _compiled_rms_norm is None:
-        _compiled_rms_norm = torch.compile(rms_norm, dynamic=None)
-    return _compiled_rms_norm
 
 
 class RMSNorm(torch.nn.Module):
@@ -39,4 +29,4 @@ class RMSNorm(torch.nn.Module):
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _rms_norm_for(x)(x, self.weight, self.eps)
+        return kernel(rms_norm, x.is_cuda)(x, self.weight, self.eps)

@@ -70,6 +70,12 @@ def size_of(cfg: dict) -> Qwen2Size:
     )
 
 
+def head_dim(cfg: dict) -> int:
+    """Per-head width: ``head_dim`` when the config sets it, else hidden_size / heads."""
+    size = size_of(cfg)
+    return cfg.get("head_dim") or size.hidden_size // size.num_attention_heads
+
+
 def check_model_size(name: str, cfg: dict) -> None:
     """Raise ConfigError when ``name`` (e.g. '1.5B') does not describe ``cfg``; 'auto' accepts any."""
     if name in (None, "", "auto"):
@@ -105,7 +111,6 @@ def transformer_config_from_hf(cfg: dict, params_dtype: torch.dtype = torch.floa
     from megatron.core.transformer import TransformerConfig
 
     size = size_of(cfg)
-    head_dim = cfg.get("head_dim") or size.hidden_size // size.num_attention_heads
     # megatron's fused SwiGLU and bias-dropout-add are torch.compile'd kernels: worth it on GPU only.
     on_gpu = torch.cuda.is_available()
     fields = dict(
@@ -114,7 +119,7 @@ def transformer_config_from_hf(cfg: dict, params_dtype: torch.dtype = torch.floa
         ffn_hidden_size=size.ffn_hidden_size,
         num_attention_heads=size.num_attention_heads,
         num_query_groups=size.num_key_value_heads,
-        kv_channels=head_dim,
+        kv_channels=head_dim(cfg),
         normalization="RMSNorm",
         layernorm_epsilon=float(cfg.get("rms_norm_eps", 1e-6)),
         gated_linear_unit=True,

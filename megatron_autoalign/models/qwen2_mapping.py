@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
-from .qwen2 import size_of
+from .qwen2 import head_dim, size_of
 
 EMBEDDING = "embedding.word_embeddings.weight"
 FINAL_NORM = "decoder.final_layernorm.weight"
@@ -68,10 +68,9 @@ class Dims:
     @classmethod
     def from_hf_config(cls, cfg: dict) -> "Dims":
         s = size_of(cfg)
-        head_dim = cfg.get("head_dim") or s.hidden_size // s.num_attention_heads
         return cls(
             s.num_layers, s.hidden_size, s.ffn_hidden_size, s.num_attention_heads,
-            s.num_key_value_heads, head_dim, s.vocab_size, s.tie_word_embeddings,
+            s.num_key_value_heads, head_dim(cfg), s.vocab_size, s.tie_word_embeddings,
         )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .compiled import kernel
+
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos and sin, each ``[n, 1, 1, head_dim]`` in ``dtype``, for token positions ``positions`` [n].
@@ -36,14 +38,6 @@ def rotate_query_key(q, k, v, q_cos, q_sin, k_cos, k_sin):
     return _rotate(q, q_cos, q_sin), _rotate(k, k_cos, k_sin), v.contiguous()
 
 
-_compiled_rotate = None
-
-
 def apply_rope(q, k, v, q_cos, q_sin, k_cos, k_sin):
     """``rotate_query_key``, compiled into one kernel each way on GPU, eager on CPU."""
-    global _compiled_rotate
-    if not q.is_cuda:
-        return rotate_query_key(q, k, v, q_cos, q_sin, k_cos, k_sin)
-    if _compiled_rotate is None:
-        _compiled_rotate = torch.compile(rotate_query_key, dynamic=None)
-    return _compiled_rotate(q, k, v, q_cos, q_sin, k_cos, k_sin)
+    return kernel(rotate_query_key, q.is_cuda)(q, k, v, q_cos, q_sin, k_cos, k_sin)

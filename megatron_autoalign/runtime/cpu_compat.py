@@ -118,6 +118,3 @@ def activate() -> None:
         group=group, async_op=async_op
     )
 
-
-def is_active() -> bool:
-    return _ACTIVE

@@ -34,7 +34,7 @@ class TrainingError(RuntimeError):
 # ----------------------------------------------------------------------------- model / optimizer
 
 def build_transformer_config(args, hf_cfg):
-    from megatron_autoalign.models import pipeline_split, transformer_config_from_hf
+    from megatron_autoalign.models import pipeline_split, resolve_transformer_impl, transformer_config_from_hf
 
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     vpp = args.virtual_pipeline_model_parallel_size
@@ -50,6 +50,8 @@ def build_transformer_config(args, hf_cfg):
         recompute_num_layers=args.recompute_num_layers if args.recompute_granularity == "full" else None,
         attention_dropout=args.attention_dropout,
         hidden_dropout=args.hidden_dropout,
+        # TE's fused RoPE; the local spec rotates q and k in its own attention (models/rope.py).
+        apply_rope_fusion=resolve_transformer_impl(args.transformer_impl) == "transformer_engine",
     )
     if vpp is None:
         overrides.update(pipeline_split(hf_cfg["num_hidden_layers"], args.pipeline_model_parallel_size))

@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megatron_autoalign.models.attention import cp_token_layout
+from megatron_autoalign.data.encoder import IGNORE_INDEX
+from megatron_autoalign.models.attention import PackedDocuments, cp_token_layout
 
-IGNORE = -100
 
 
 def round_up(x: int, m: int) -> int:
@@ -31,10 +31,10 @@ def round_up(x: int, m: int) -> int:
 
 
 def shift_within_docs(labels: np.ndarray, doc_lens: np.ndarray) -> np.ndarray:
-    """targets[i] = labels[i+1] inside a document, IGNORE at each document's last token."""
-    targets = np.full_like(labels, IGNORE)
+    """targets[i] = labels[i+1] inside a document, IGNORE_INDEX at each document's last token."""
+    targets = np.full_like(labels, IGNORE_INDEX)
     targets[:-1] = labels[1:]
-    targets[np.cumsum(doc_lens) - 1] = IGNORE
+    targets[np.cumsum(doc_lens) - 1] = IGNORE_INDEX
     return targets
 
 
@@ -59,7 +59,7 @@ def collate_thd(rows: list[dict], capacity: int, cp_size: int, cp_rank: int, pad
         starts = np.concatenate([[0], np.cumsum(padded)[:-1]])
         dest = np.repeat(starts - np.concatenate([[0], np.cumsum(doc_lens)[:-1]]), doc_lens) + np.arange(len(ids))
         row_tok = np.full(capacity, pad_id, dtype=np.int64)
-        row_tgt = np.full(capacity, IGNORE, dtype=np.int64)
+        row_tgt = np.full(capacity, IGNORE_INDEX, dtype=np.int64)
         row_tok[dest], row_tgt[dest] = ids, tgt
         tokens.append(row_tok)
         targets.append(row_tgt)
@@ -83,16 +83,29 @@ def collate_thd(rows: list[dict], capacity: int, cp_size: int, cp_rank: int, pad
         "position_ids": torch.from_numpy(position_ids).unsqueeze(0),
         "cu_seqlens": cu_real,
         "cu_seqlens_padded": cu_padded,
+        "document_bounds": tuple(cu_padded.tolist()),  # stays on the host (see PackedDocuments)
         "max_seqlen": int(lens.max()),
         "num_tokens": int(sum(len(r["input_ids"]) for r in rows)),
     }
+
+
+def packed_seq_params(batch: dict) -> PackedDocuments | None:
+    """The attention's packed-document description of a ``collate_thd`` batch (None for sbhd batches)."""
+    if "cu_seqlens_padded" not in batch:
+        return None
+    cu, cu_pad, longest = batch["cu_seqlens"], batch["cu_seqlens_padded"], batch["max_seqlen"]
+    return PackedDocuments(
+        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_pad,
+        cu_seqlens_kv_padded=cu_pad, max_seqlen_q=longest, max_seqlen_kv=longest,
+        boundaries=batch["document_bounds"],
+    )
 
 
 def collate_sbhd(rows: list[dict], capacity: int, cp_size: int, cp_rank: int, pad_id: int) -> dict:
     """One conversation per row -> [b, capacity] (CP: this rank's load-balanced chunks of each row)."""
     b = len(rows)
     tokens = np.full((b, capacity), pad_id, dtype=np.int64)
-    targets = np.full((b, capacity), IGNORE, dtype=np.int64)
+    targets = np.full((b, capacity), IGNORE_INDEX, dtype=np.int64)
     for r, row in enumerate(rows):
         n = len(row["input_ids"])
         if len(row["doc_lens"]) != 1:

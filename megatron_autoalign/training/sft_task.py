@@ -8,9 +8,8 @@ import functools
 import numpy as np
 import torch
 from megatron.core import parallel_state
-from megatron.core.packed_seq_params import PackedSeqParams
 
-from .sft_batch import IGNORE, collate_sbhd, collate_thd, row_capacity
+from .sft_batch import IGNORE_INDEX, collate_sbhd, collate_thd, packed_seq_params, row_capacity
 from .data_checks import check_manifest, pad_id
 from .task import Task, TaskContext
 
@@ -98,17 +97,11 @@ class SFTTask(Task):
 
     def forward_step(self, batch: dict, model):
         labels = batch["labels"]
-        mask = labels != IGNORE
-        packed = None
-        if "cu_seqlens_padded" in batch:
-            cu, cu_pad, mx = batch["cu_seqlens"], batch["cu_seqlens_padded"], batch["max_seqlen"]
-            packed = PackedSeqParams(
-                qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                cu_seqlens_q_padded=cu_pad, cu_seqlens_kv_padded=cu_pad, max_seqlen_q=mx, max_seqlen_kv=mx,
-            )
+        mask = labels != IGNORE_INDEX
         # -100 targets: the model's fused loss skips them (zero loss, no output-layer work); megatron's
         # unfused vocab-parallel CE treats them as out-of-vocabulary; either way the mask zeroes them.
-        output = model(batch["tokens"], batch["position_ids"], None, labels=labels, packed_seq_params=packed)
+        output = model(batch["tokens"], batch["position_ids"], None, labels=labels,
+                       packed_seq_params=packed_seq_params(batch))
         return output, functools.partial(_token_loss, mask)
 
 

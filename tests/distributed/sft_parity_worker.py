@@ -21,7 +21,7 @@ def main():
     from transformers import AutoModelForCausalLM
 
     from megatron_autoalign.training.loop import Trainer, to_device
-    from megatron_autoalign.training.sft_batch import IGNORE, collate_sbhd, shift_within_docs
+    from megatron_autoalign.training.sft_batch import IGNORE_INDEX, collate_sbhd, shift_within_docs
     from megatron_autoalign.training.sft_task import SFTTask
 
     t = Trainer(SFTTask, argv)
@@ -50,7 +50,7 @@ def main():
                     offset += n
                     ours = per_token[start : start + n]
                     assert torch.equal(targets[start : start + n], torch.from_numpy(tgt))
-                    mask = torch.from_numpy(tgt != IGNORE)
+                    mask = torch.from_numpy(tgt != IGNORE_INDEX)
                     # (a) HF on this conversation alone
                     logits = hf(torch.from_numpy(ids)[None]).logits[0].float()
                     ref = torch.nn.functional.cross_entropy(
@@ -64,7 +64,7 @@ def main():
                     d_alone = max(d_alone, (ours - alone)[mask].abs().max().item())
                     compared += int(mask.sum())
                 # the rest of the row is padding: never trained
-                assert (targets[r * task.capacity + offset : (r + 1) * task.capacity] == IGNORE).all()
+                assert (targets[r * task.capacity + offset : (r + 1) * task.capacity] == IGNORE_INDEX).all()
     json.dump({"max_diff_vs_hf": d_hf, "max_diff_packed_vs_alone": d_alone, "tokens": compared}, open(out, "w"))
     torch.distributed.destroy_process_group()
 

@@ -96,6 +96,12 @@ def test_packed_documents_match_separate_causal_attention(attention):
         expected.append((probs @ vd).transpose(0, 1).reshape(end - start, 32))
     torch.testing.assert_close(out, torch.cat(expected), atol=1e-12, rtol=0)
 
+    # The same boundaries given on the host (as the training batches give them): the same result.
+    from megatron_autoalign.models.attention import PackedDocuments
+
+    host = PackedDocuments(qkv_format="thd", boundaries=tuple(cu.tolist()))  # no boundary tensor at all
+    torch.testing.assert_close(attention(q, k, v, None, packed_seq_params=host), out, atol=0, rtol=0)
+
 
 def test_unpacked_batch_is_plain_causal(attention):
     torch.manual_seed(1)
