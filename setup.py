@@ -15,7 +15,6 @@ setup(
         "numpy",
         "tqdm",
         "tensorboard",
-        "psutil",
     ],
     extras_require={
         # Optional accelerators: fused kernels and the TE layer spec. Never required.

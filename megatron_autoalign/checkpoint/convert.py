@@ -61,24 +61,25 @@ def _check_destination(path: str) -> None:
 
 
 def _check_model(hf_config: dict, args, where: str) -> None:
-    from ..models.qwen2 import ConfigError, check_model_size, check_tensor_parallel, size_of
+    from ..models.qwen2 import ConfigError, check_model_size, check_tensor_parallel, pipeline_split
 
+    if args.tp < 1 or args.pp < 1:
+        raise CheckpointError(f"{where}: TP and PP must be at least 1 (got TP={args.tp}, PP={args.pp})")
     try:
         check_model_size(args.model_size, hf_config)
-        check_tensor_parallel(hf_config, args.tp)
+        if not args.mg2hf:  # MG -> HF reads the layout from the checkpoint files
+            check_tensor_parallel(hf_config, args.tp)
+            pipeline_split(hf_config["num_hidden_layers"], args.pp)
     except ConfigError as e:
         raise CheckpointError(f"{where}: {e}") from None
-    layers = size_of(hf_config).num_layers
-    if args.tp < 1 or args.pp < 1 or args.pp > layers:
-        raise CheckpointError(f"{where}: PP={args.pp} must be between 1 and the number of layers ({layers})")
 
 
 def hf_to_megatron(args, progress) -> None:
     from ..models.qwen2_mapping import Dims, HFSource
-    from .layout import copy_hf_side_files, iteration_dir, megatron_args, write_tracker
-    from .safetensors_io import open_hf_reader
+    from .layout import CHECKPOINT_VERSION, copy_hf_side_files, iteration_dir, megatron_args, write_tracker
+    from .safetensors_io import HFReader
 
-    reader = open_hf_reader(args.load_path)
+    reader = HFReader(args.load_path)
     config_file = os.path.join(args.load_path, "config.json")
     _check_model(reader.config, args, config_file)
     dtype = DTYPES[args.precision]
@@ -88,7 +89,7 @@ def hf_to_megatron(args, progress) -> None:
     os.makedirs(iter_dir, exist_ok=True)
     common = {
         "args": megatron_args(reader.config, args.tp, args.pp, dtype, args.use_te),
-        "checkpoint_version": 3.0,
+        "checkpoint_version": CHECKPOINT_VERSION,
         "iteration": 0,
     }
     try:

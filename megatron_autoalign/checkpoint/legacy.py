@@ -15,15 +15,14 @@ import re
 import torch
 
 from ..models.qwen2_mapping import (
-    ATTN_NORM, EMBEDDING, FC1, FC2, FINAL_NORM, LAYER_PREFIX, LOCAL_NAMES, MLP_NORM, OUTPUT, PROJ, QKV_B, QKV_W, Dims,
-    canonical_name, legacy_name, merge_from_tp, split_for_tp, stage_layers,
+    ATTN_NORM, EMBEDDING, FC1, FC2, FINAL_NORM, LAYER_PREFIX, MLP_NORM, OUTPUT, PROJ, QKV_B, QKV_W, Dims,
+    legacy_name, merge_from_tp, split_for_tp, stage_layers,
 )
 from .errors import CheckpointError
 
 FILE = "model_optim_rng.pt"
 # One layer's state-dict entries in module order; "*._extra_state" entries are None (they carry FP8
 # metadata only with TE) but must be present for a strict load_state_dict.
-_LINEARS = ("self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1", "mlp.linear_fc2")
 _LAYER_ORDER = {
     False: (ATTN_NORM, PROJ, "self_attention.linear_proj._extra_state", QKV_W, QKV_B,
             "self_attention.linear_qkv._extra_state", MLP_NORM, FC1, "mlp.linear_fc1._extra_state", FC2,
@@ -105,7 +104,6 @@ class LegacySource:
             if "model" not in state:
                 raise CheckpointError(f"{path}: no 'model' entry (virtual-pipeline 'model0'.. checkpoints are not supported)")
             self.models[(t, p)] = state["model"]
-        self.args = state.get("args")
         # stage-local layer counts -> global offsets
         counts = []
         for p in range(self.pp):
@@ -119,10 +117,6 @@ class LegacySource:
             for local in range(n):
                 self.stage_of[start + local] = (p, local)
             start += n
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.models[(0, 0)][EMBEDDING].dtype
 
     def _shards(self, stage: int, name: str) -> list[torch.Tensor]:
         out = []
@@ -142,6 +136,6 @@ class LegacySource:
         stage, local = self.stage_of[layer]
         sd = self.models[(0, stage)]
         name = f"{LAYER_PREFIX}{local}.{key}"
-        if name not in sd and key in LOCAL_NAMES:  # local-spec spelling
-            name = f"{LAYER_PREFIX}{local}.{LOCAL_NAMES[key]}"
-        return merge_from_tp(canonical_name(key), self._shards(stage, name))
+        if name not in sd:  # local-spec spelling
+            name = f"{LAYER_PREFIX}{local}.{legacy_name(key, use_te=False)}"
+        return merge_from_tp(key, self._shards(stage, name))

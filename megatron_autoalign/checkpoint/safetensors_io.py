@@ -117,26 +117,11 @@ class HFReader:
             if tensor not in self.files[shard].entries:
                 raise CheckpointError(f"{self.files[shard].path}: index says it holds {tensor!r} but it does not")
 
-    def keys(self):
-        return self.weight_map.keys()
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.files[self.weight_map[name]].entries[name][1]
-
-    def dtype(self, name: str) -> torch.dtype:
-        return self.files[self.weight_map[name]].entries[name][0]
-
     def get(self, name: str) -> torch.Tensor:
         if name not in self.weight_map:
             raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
         return self.files[self.weight_map[name]].get(name)
 
-    def total_bytes(self) -> int:
-        return sum(e[3] - e[2] for f in self.files.values() for e in f.entries.values())
-
-
-def open_hf_reader(path: str) -> HFReader:
-    return HFReader(path)
 
 
 def parse_size(text: str | int) -> int:

@@ -83,10 +83,6 @@ class TorchDistSource:
         self._key: str | None = None
         self._layers: list[torch.Tensor] = []
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.meta[EMB_KEY].dtype
-
     def _load(self, request: dict) -> dict:
         from megatron.core import dist_checkpointing
 
@@ -116,5 +112,3 @@ class TorchDistSource:
             self._key, self._layers = key, [loaded[str(l)] for l in range(n)]
         return self._layers[layer]
 
-
-EMB_KEY = "embedding.word_embeddings.weight"

@@ -48,9 +48,7 @@ class DPOTask(Task):
         g.add_argument("--simpo-gamma", type=float, default=0.5, help="target reward margin (simpo)")
         g.add_argument("--reference", choices=("online", "precomputed"), default="online",
                        help="online: frozen reference model; precomputed: log-probs from dpo.score_reference")
-        if not any("--ref-load" in a.option_strings for a in parser._actions):
-            g.add_argument("--ref-load", default=None,
-                           help="reference checkpoint (default: --pretrained-checkpoint)")
+        g.add_argument("--ref-load", default=None, help="reference checkpoint (default: --pretrained-checkpoint)")
 
     # --- data -----------------------------------------------------------------------------------------
     def build_datasets(self, ctx: TaskContext):
@@ -61,7 +59,7 @@ class DPOTask(Task):
         train_r, valid_r, _ = split_ranges(len(full), args.split_fractions)
         train = _Range(full, *train_r)
         valid = _Range(full, *valid_r) if valid_r[1] > valid_r[0] else None
-        prefixes = [args.data_path]
+        prefixes, packed = [args.data_path], bool(self.manifest["packing"])
         if args.valid_data_path:
             vds = PreferenceDataset(args.valid_data_path, use_reference=use_ref)
             if vds.manifest["seq_len"] != self.manifest["seq_len"]:
@@ -69,13 +67,15 @@ class DPOTask(Task):
                                  f"training data's {self.manifest['seq_len']}")
             valid = _Range(vds, 0, len(vds))
             prefixes.append(args.valid_data_path)
+            packed = packed or bool(vds.manifest["packing"])
         if len(train) == 0:
             raise ValueError(f"{args.data_path}: no training rows (split {args.split})")
-        self.setup_layout(max(max_docs_per_row(p) for p in prefixes))
+        self.setup_layout(max(max_docs_per_row(p) for p in prefixes), packed=packed)
         return train, valid
 
-    def setup_layout(self, max_docs: int, manifest: dict | None = None) -> None:
-        """Row capacity and padding from the manifest (``max_docs``: most documents in any row)."""
+    def setup_layout(self, max_docs: int, manifest: dict | None = None, packed: bool | None = None) -> None:
+        """Row capacity and padding from the manifest (``max_docs``: most documents in any row; ``packed``:
+        the layout, by default the manifest's)."""
         if manifest is not None:
             self.manifest = manifest
         args, m = self.args, self.manifest
@@ -84,7 +84,7 @@ class DPOTask(Task):
         seq = args.max_padding_length or args.seq_length  # per sequence (chosen or rejected)
         if seq < args.seq_length:
             raise ValueError(f"--max-padding-length {seq} is shorter than --seq-length {args.seq_length}")
-        self.packed = bool(m["packing"])
+        self.packed = bool(m["packing"]) if packed is None else packed
         self.cp = parallel_state.get_context_parallel_world_size()
         self.cp_rank = parallel_state.get_context_parallel_rank()
         tp_sp = args.tensor_model_parallel_size if args.sequence_parallel else 1
@@ -148,10 +148,11 @@ class DPOTask(Task):
         loss_sum = losses.sum()
         # CP: every CP rank holds the full loss (its gradient flows to its own tokens); count the pairs once.
         n = batch["num_pairs"] if self.cp_rank == 0 else 0
-        count = torch.tensor(n, dtype=torch.int, device=loss_sum.device)
+        # torch.full writes the count on the device; torch.tensor(n, device=...) would copy it from the host.
+        pairs = torch.full((), float(n), device=loss_sum.device)
         metrics["loss"] = losses.detach()
-        out = {name: torch.stack([per_pair.sum() * (1.0 if n else 0.0), torch.tensor(float(n), device=per_pair.device)])
-               for name, per_pair in metrics.items()}
+        out = {name: torch.stack([per_pair.sum() * (1.0 if n else 0.0), pairs]) for name, per_pair in metrics.items()}
+        count = pairs.to(torch.int)
         return loss_sum, count, out
 
     # --- reference ----------------------------------------------------------------------------------------

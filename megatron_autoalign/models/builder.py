@@ -6,7 +6,6 @@ with this project's ``DocumentCausalAttention`` and sequence-parallel-aware ``RM
 
 from __future__ import annotations
 
-import torch
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.spec_utils import ModuleSpec

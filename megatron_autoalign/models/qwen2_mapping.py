@@ -37,7 +37,6 @@ LAYER_KEYS = (ATTN_NORM, QKV_W, QKV_B, PROJ, MLP_NORM, FC1, FC2)
 
 # The local spec keeps the norms as separate modules; its sharded_state_dict maps them to TE names.
 LOCAL_NAMES = {ATTN_NORM: "input_layernorm.weight", MLP_NORM: "pre_mlp_layernorm.weight"}
-TE_NAMES = {v: k for k, v in LOCAL_NAMES.items()}
 
 # Legacy per-rank split rules: (kind, dim). "gated" = fc1, whose rank r holds [gate_r; up_r].
 _TP_RULES = {
@@ -260,9 +259,9 @@ def load_hf_weights_into_model(model, hf_dir_or_reader) -> None:
 
     Only tensors this rank holds are read; each rank takes its slice through ``model.sharded_state_dict()``.
     """
-    from ..checkpoint.safetensors_io import open_hf_reader
+    from ..checkpoint.safetensors_io import HFReader
 
-    reader = open_hf_reader(hf_dir_or_reader) if isinstance(hf_dir_or_reader, str) else hf_dir_or_reader
+    reader = HFReader(hf_dir_or_reader) if isinstance(hf_dir_or_reader, str) else hf_dir_or_reader
     dims = Dims.from_hf_config(reader.config) if hasattr(reader, "config") else _dims_of_model(model)
     fill_sharded_state_dict(model.sharded_state_dict(), HFSource(reader, dims))
 
@@ -304,10 +303,6 @@ def legacy_name(key: str, use_te: bool) -> str:
     """Per-layer key as a legacy state dict spells it for the TE or the local spec."""
     return key if use_te else LOCAL_NAMES.get(key, key)
 
-
-def canonical_name(name: str) -> str:
-    """Per-layer legacy key (either spelling) -> dist-checkpoint (TE) key."""
-    return TE_NAMES.get(name, name)
 
 
 def stage_layers(hf_config: dict, pp: int) -> list[range]:

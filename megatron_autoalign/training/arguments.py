@@ -150,7 +150,10 @@ def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ArgumentError(f"--dataset {args.dataset}: only 'mmap' (idx/bin from the preprocessing step) is supported")
     if args.data_path is None:
         raise ArgumentError("--data-path is required")
-    split = [float(x) for x in str(args.split).replace("/", ",").split(",") if x.strip()]
+    try:
+        split = [float(x) for x in str(args.split).replace("/", ",").split(",") if x.strip()]
+    except ValueError:
+        split = []
     if not split or any(x < 0 for x in split) or sum(split) <= 0:
         raise ArgumentError(f"--split {args.split!r}: expected non-negative weights like 98,2,0")
     split = (split + [0.0, 0.0])[:3]

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-# task name -> "module:Class"; DPO registers here once megatron_autoalign.dpo provides its Task.
+# task name -> "module:Class"
 TASKS = {
     "sft": "megatron_autoalign.training.sft_task:SFTTask",
     "dpo": "megatron_autoalign.dpo.task:DPOTask",

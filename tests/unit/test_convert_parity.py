@@ -102,6 +102,8 @@ def test_errors_are_one_line_exit_2(tiny_untied_dir, tmp_path, capsys):
     out = str(tmp_path / "out")
     # TP must divide the KV groups (2 here)
     assert "TP=4 must divide the number of KV heads (2)" in _error(["--load-path", tiny_untied_dir, "--save-path", out, "--tp", "4"], capsys)
+    assert "TP and PP must be at least 1 (got TP=0" in _error(["--load-path", tiny_untied_dir, "--save-path", out, "--tp", "0"], capsys)
+    assert "PP=5 is larger than the number of layers (3)" in _error(["--load-path", tiny_untied_dir, "--save-path", out, "--pp", "5"], capsys)
     assert "model size 1.5B does not match config.json" in _error(["--load-path", tiny_untied_dir, "--save-path", out, "--model-size", "1.5B"], capsys)
     # a tensor whose shape disagrees with config.json: no tracker is left behind
     cfg = json.loads((bad / "config.json").read_text())

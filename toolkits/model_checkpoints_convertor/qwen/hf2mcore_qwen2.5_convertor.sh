@@ -14,7 +14,7 @@
 set -euo pipefail
 
 if [ "$#" -lt 8 ] || [ "$#" -gt 9 ]; then
-    sed -n '2,14p' "$0" >&2
+    sed -n '2,13p' "$0" >&2
     exit 2
 fi
 
