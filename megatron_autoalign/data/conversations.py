@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import itertools
 import json
 from typing import Iterator
 
@@ -65,7 +66,7 @@ class InputReader:
 
     def _jsonl(self, buf: str, chunks) -> Iterator:
         lineno, rest = 0, ""
-        for chunk in _chain([buf], chunks):
+        for chunk in itertools.chain([buf], chunks):
             *lines, rest = (rest + chunk).split("\n")
             for line in lines:
                 lineno += 1
@@ -109,7 +110,10 @@ class InputReader:
             try:
                 obj, end = decoder.raw_decode(buf, pos)
             except json.JSONDecodeError as e:
-                more = next(chunks, None)  # maybe the value continues in the next chunk
+                # Only a value cut at the end of the buffer can continue in the next chunk; an error
+                # earlier is a syntax error, reported without reading the rest of the file.
+                cut = e.msg.startswith("Unterminated string") or e.pos >= len(buf) - 64
+                more = next(chunks, None) if cut else None
                 if more is None:
                     raise DataError(f"{self.path}: record {recno + 1}: malformed JSON ({e.msg})") from None
                 buf, pos = buf[pos:] + more, 0
@@ -137,11 +141,6 @@ def load_record(text: str):
         return json.loads(text), None
     except json.JSONDecodeError:
         return None, "malformed_json"
-
-
-def _chain(*its):
-    for it in its:
-        yield from it
 
 
 def parse_conversation(record, key: str) -> tuple[list[tuple[str, str]] | None, str | None]:

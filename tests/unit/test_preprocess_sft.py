@@ -119,6 +119,25 @@ def test_malformed_json_array_is_fatal(tmp_path, qwen_tokenizer_dir, capsys):
     assert rc == 2 and "record 3: malformed JSON" in capsys.readouterr().err
 
 
+def test_json_array_syntax_error_stops_reading(tmp_path):
+    """A syntax error early in a large array is reported from the chunk it is in, not after reading the
+    whole file; values cut at chunk borders still parse."""
+    import hashlib
+
+    from megatron_autoalign.data.conversations import DataError, InputReader
+
+    records = [conv(i) for i in range(400)]
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(records))
+    assert [r for _, r, _ in InputReader(str(good), chunk_size=97)] == records
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(records[:2])[:-1] + ', {"conversations": oops}, ' + json.dumps(records)[1:])
+    reader = InputReader(str(bad), chunk_size=1024)
+    with pytest.raises(DataError, match="record 3: malformed JSON"):
+        list(reader)
+    assert reader.sha256.hexdigest() != hashlib.sha256(bad.read_bytes()).hexdigest()  # stopped early
+
+
 def test_too_long_drop_and_turn_truncation(tmp_path, qwen_tokenizer_dir):
     long = conv(7, turns=6)
     inp = write(tmp_path / "d.json", [long, conv(1)])
