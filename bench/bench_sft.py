@@ -54,10 +54,11 @@ def prepare(work: str, size: str, seq_len: int, rows: int) -> tuple[str, str]:
     hf_dir = build_qwen2_tokenizer(os.path.join(work, "hf"))
     with open(os.path.join(hf_dir, "config.json"), "w") as f:
         json.dump(hf_config_for(size), f)
-    prefix = os.path.join(work, "data", "sft")
+    # One data set per (length, rows): every run trains on as many distinct rows as it steps through.
+    prefix = os.path.join(work, "data", f"sft_{seq_len}_{rows}")
     if not os.path.exists(prefix + "_manifest.json"):
         os.makedirs(os.path.dirname(prefix), exist_ok=True)
-        conversations = os.path.join(work, "conversations.jsonl")
+        conversations = prefix + "_conversations.jsonl"
         write_conversations(conversations, n=rows * seq_len // 900 + 50)
         subprocess.run([sys.executable, "-m", "megatron_autoalign.data.preprocess_sft", "--input", conversations,
                         "--output-prefix", prefix, "--hf-model-path", hf_dir, "--seq-len", str(seq_len),

@@ -8,6 +8,8 @@ For the trainer:
 
 from __future__ import annotations
 
+import re
+
 from .errors import CheckpointError
 from .layout import detect_format, iteration_dir, read_tracker, resolve_checkpoint, write_tracker
 
@@ -17,20 +19,31 @@ def load_megatron_checkpoint_weights(model_chunks, ckpt_dir: str) -> str:
 
     ``ckpt_dir`` is a checkpoint root (with the tracker) or an iteration folder. torch_dist goes through
     ``dist_checkpointing.load`` with the chunks' own sharded state dicts; legacy through our reader, which
-    merges the saved TP/PP shards and hands each rank its slice.
+    merges the saved TP/PP shards and hands each rank its slice. A checkpoint that does not fit the model
+    (shapes) is a one-line CheckpointError naming the first mismatching tensor.
     """
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
     from ..models.qwen2_mapping import _dims_of_model, fill_sharded_state_dict
     from .legacy import LegacySource
     from .torch_dist import load_torch_dist_into_chunks
 
     chunks = model_chunks if isinstance(model_chunks, (list, tuple)) else [model_chunks]
     iter_dir, fmt = resolve_checkpoint(ckpt_dir)
-    if fmt == "torch_dist":
-        load_torch_dist_into_chunks(list(chunks), iter_dir)
-    else:
-        source = LegacySource(iter_dir, _dims_of_model(chunks[0]))
-        for chunk in chunks:
-            fill_sharded_state_dict(chunk.sharded_state_dict(), source)
+    try:
+        if fmt == "torch_dist":
+            load_torch_dist_into_chunks(list(chunks), iter_dir)
+        else:
+            source = LegacySource(iter_dir, _dims_of_model(chunks[0]))
+            for chunk in chunks:
+                fill_sharded_state_dict(chunk.sharded_state_dict(), source)
+    except CheckpointError:
+        raise
+    except (Exception, CheckpointException) as e:  # long multi-line texts from dist_checkpointing / load_state_dict
+        text = " ".join(str(e).split())
+        m = re.search(r"Size\((\[[^\]]*\])\)\) and expected \(\(([^)]*)\)\) tensor for key (\S+)", text)
+        detail = f"{m.group(3)}: checkpoint {m.group(1)}, model [{m.group(2)}]" if m else text[:300]
+        raise CheckpointError(f"{ckpt_dir}: checkpoint does not match the model built from the HF config ({detail})") from None
     return fmt
 
 

@@ -18,6 +18,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
 from megatron_autoalign.runtime import device, init_distributed, is_last_rank, print_rank_0
 
 from . import arguments
@@ -131,26 +132,6 @@ def optimizer_step(optimizer, clip_grad: float):
             if params:
                 clip_grad_by_total_norm_fp32(params, max_norm=clip_grad, total_norm=grad_norm)
     return optimizer.step_with_ready_grads(), grad_norm
-
-
-def load_pretrained(chunks, ckpt_dir: str, hf_config_path: str) -> str:
-    """Weights of a converted/trained checkpoint; a shape mismatch becomes a one-line CheckpointError."""
-    import re
-
-    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
-
-    from megatron_autoalign.checkpoint import CheckpointError, load_megatron_checkpoint_weights
-
-    try:
-        return load_megatron_checkpoint_weights(chunks, ckpt_dir)
-    except CheckpointError:
-        raise
-    except (Exception, CheckpointException) as e:  # long multi-line texts from dist_checkpointing / load_state_dict
-        text = " ".join(str(e).split())
-        m = re.search(r"Size\((\[[^\]]*\])\)\) and expected \(\(([^)]*)\)\) tensor for key (\S+)", text)
-        detail = f"{m.group(3)}: checkpoint {m.group(1)}, model [{m.group(2)}]" if m else text[:300]
-        raise CheckpointError(
-            f"{ckpt_dir}: checkpoint does not match the model built from {hf_config_path} ({detail})") from None
 
 
 # ----------------------------------------------------------------------------- batches and schedule
@@ -287,7 +268,7 @@ class Trainer:
                 return
             print_rank_0(f"loaded weights from {a.load} (release / --finetune)")
         elif a.pretrained_checkpoint:
-            fmt = load_pretrained(self.chunks, a.pretrained_checkpoint, a.hf_config)
+            fmt = load_megatron_checkpoint_weights(self.chunks, a.pretrained_checkpoint)
             print_rank_0(f"loaded pretrained weights from {a.pretrained_checkpoint} ({fmt})")
         else:
             print_rank_0("warning: no --pretrained-checkpoint or --load: training from random initialisation")
@@ -304,7 +285,7 @@ class Trainer:
         config = copy.copy(self.config)
         config.finalize_model_grads_func = config.grad_scale_func = config.no_sync_func = None
         ref = build_model(a, self.hf_cfg, config)
-        load_pretrained(ref, src, a.hf_config)
+        load_megatron_checkpoint_weights(ref, src)
         for c in ref:
             c.eval()
             c.requires_grad_(False)
