@@ -15,6 +15,7 @@ setup(
         "numpy",
         "tqdm",
         "tensorboard",
+        "psutil",  # not imported here: megatron-core's dist_checkpointing needs it to save, and does not declare it
     ],
     extras_require={
         # Optional accelerators: fused kernels and the TE layer spec. Never required.
