@@ -51,6 +51,10 @@ def run_ours(args, hf_config: dict) -> dict:
         sequence_parallel=args.tp > 1,
     )
     tconfig.finalize_model_grads_func = finalize_model_grads
+    if not args.no_grad_accum_fusion:
+        from megatron_autoalign.runtime.wgrad_fusion import enable_gradient_accumulation_fusion
+
+        tconfig.gradient_accumulation_fusion = enable_gradient_accumulation_fusion()
     for field in args.disable:
         setattr(tconfig, field, False)
     if args.recompute_modules:
@@ -121,7 +125,8 @@ def run_ours(args, hf_config: dict) -> dict:
     result = {
         "system": f"ours_local_spec_tp{args.tp}" + (f"_packed{args.packed_docs}" if args.packed_docs > 1 else "")
         + ("_unfusedloss" if args.unfused_loss else "") + ("_foreachadam" if args.no_fused_adam else "")
-        + ("_localmultitensor" if args.local_multi_tensor else "") + ("_recompute-swiglu" if args.recompute_swiglu else "")
+        + ("_localmultitensor" if args.local_multi_tensor else "")
+        + ("_no-wgrad-fusion" if args.no_grad_accum_fusion else "") + ("_recompute-swiglu" if args.recompute_swiglu else "")
         + "".join(f"_no-{f}" for f in args.disable)
         + "".join(f"_recompute-{m}" for m in args.recompute_modules),
         "tokens_per_s": tokens_per_s, "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
@@ -200,6 +205,8 @@ def main():
     parser.add_argument("--no-fused-adam", action="store_true")
     parser.add_argument("--local-multi-tensor", action="store_true",
                         help="keep megatron's per-tensor (host-synchronising) grad-norm / scale stand-ins")
+    parser.add_argument("--no-grad-accum-fusion", action="store_true",
+                        help="bf16 weight gradients added to the fp32 main grads by DDP's hooks (unfused)")
     parser.add_argument("--unfused-loss", action="store_true", help="materialise logits (megatron's CE)")
     parser.add_argument("--disable", nargs="*", default=[], help="TransformerConfig fusion flags to turn off")
     parser.add_argument("--recompute-swiglu", action="store_true", help="MLP recomputes its SwiGLU output")

@@ -79,6 +79,7 @@ class Qwen2GPTModel(GPTModel):
             flat_labels.index_select(0, trained),
             vocab_start=parallel_state.get_tensor_model_parallel_rank() * weight.shape[0],
             tp_group=parallel_state.get_tensor_model_parallel_group(),
+            into_main_grad=self.config.gradient_accumulation_fusion,
         )
         losses = selected.new_zeros(seq * batch).index_copy(0, trained, selected)
         return losses.view(seq, batch).transpose(0, 1).contiguous()

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from ..data.encoder import IGNORE_INDEX
+from ..runtime.wgrad_fusion import accumulate_matmul, wgrad_placeholder
 from .compiled import kernel
-
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -43,32 +43,13 @@ def _softmax_minus_onehot(logits, lse, local_ids, owned, scale):
     return ((probs - onehot) * scale[:, None]).to(logits.dtype)
 
 
-_ADDMM_OUT_DTYPE = True  # torch.addmm(..., out_dtype=) on CUDA: bf16 x bf16 accumulated into fp32 in place
-
-
-def _accumulate_matmul(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``out += a @ b`` with ``out`` in the accumulation dtype, without a product or cast temporary
-    where the backend allows (a [V, h] fp32 temporary is ~1 GB for Qwen's vocabulary)."""
-    global _ADDMM_OUT_DTYPE
-    if a.dtype == out.dtype:
-        out.addmm_(a, b)
-        return
-    if out.is_cuda and _ADDMM_OUT_DTYPE:
-        try:
-            torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
-            return
-        except (TypeError, RuntimeError):  # older torch: no mixed-dtype addmm
-            _ADDMM_OUT_DTYPE = False
-    out += (a @ b).to(out.dtype)
-
-
 def _tp_size(group) -> int:
     return dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, vocab_start, tp_group, chunk_size):
+    def forward(ctx, hidden, weight, labels, vocab_start, tp_group, chunk_size, into_main_grad):
         acc = _accumulation_dtype(hidden.dtype)
         if hidden.shape[0] == 0:  # no token to score (e.g. a micro-batch without trained tokens)
             ctx.save_for_backward(hidden, weight)
@@ -97,26 +78,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
         ctx.save_for_backward(hidden, weight, local_ids, owned, labels, lse)
         ctx.chunk_size = chunk_size
+        ctx.into_main_grad = into_main_grad and hasattr(weight, "main_grad")
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses):
         if ctx.empty:
             hidden, weight = ctx.saved_tensors
-            return torch.zeros_like(hidden), torch.zeros_like(weight), None, None, None, None
+            return torch.zeros_like(hidden), torch.zeros_like(weight), None, None, None, None, None
         hidden, weight, local_ids, owned, labels, lse = ctx.saved_tensors
         acc = _accumulation_dtype(hidden.dtype)
         scale = torch.where(labels == IGNORE_INDEX, 0.0, grad_losses.to(acc))
         grad_of_logits = kernel(_softmax_minus_onehot, hidden.is_cuda)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        if ctx.into_main_grad:  # gradient-accumulation fusion: no [V, h] temporary at the backward's peak
+            grad_weight = weight.main_grad
+        else:
+            grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         for s in range(0, hidden.shape[0], ctx.chunk_size):
             e = s + ctx.chunk_size
             h = hidden[s:e]
             grad = grad_of_logits(h @ weight.t(), lse[s:e], local_ids[s:e], owned[s:e], scale[s:e])
             grad_hidden[s:e] = grad @ weight
-            _accumulate_matmul(grad_weight, grad.t(), h)
-        return grad_hidden, grad_weight.to(weight.dtype), None, None, None, None
+            accumulate_matmul(grad_weight, grad.t(), h)
+        if ctx.into_main_grad:
+            grad_weight = wgrad_placeholder(weight, hidden.dtype)
+        else:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -126,6 +115,7 @@ def linear_cross_entropy(
     vocab_start: int = 0,
     tp_group=None,
     chunk_size: int = 2048,
+    into_main_grad: bool = False,
 ) -> torch.Tensor:
     """Per-token cross-entropy of ``hidden @ weight.T`` against ``labels`` (-100: ignored, loss 0).
 
@@ -133,5 +123,8 @@ def linear_cross_entropy(
     (fp32 for bf16/fp16 inputs). The gradient w.r.t. ``hidden`` is this rank's partial sum; callers
     all-reduce it over TP (megatron's ``copy_to_tensor_model_parallel_region`` / sequence-parallel gather
     do that in their backward).
+
+    ``into_main_grad`` (megatron's gradient-accumulation fusion): when ``weight`` has a ``main_grad``
+    (megatron DDP), the weight gradient is accumulated there directly, as megatron's fused linears do.
     """
-    return _LinearCrossEntropy.apply(hidden, weight, labels, vocab_start, tp_group, chunk_size)
+    return _LinearCrossEntropy.apply(hidden, weight, labels, vocab_start, tp_group, chunk_size, into_main_grad)

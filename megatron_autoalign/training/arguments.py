@@ -62,7 +62,10 @@ def build_parser(task_cls=None) -> argparse.ArgumentParser:
     a("--recompute-activations", action="store_true", help="= --recompute-granularity selective")
     a("--recompute-swiglu", action="store_true",
       help="local spec: recompute the MLP's SwiGLU output in the backward instead of keeping it "
-           "(-4.1 GB at Qwen2.5-1.5B / 8k tokens; ~10%% slower where the host already limits the step)")
+           "(-4.1 GB at Qwen2.5-1.5B / 8k tokens for one elementwise pass per layer)")
+    a("--no-gradient-accumulation-fusion", dest="gradient_accumulation_fusion", action="store_false",
+      help="GPU: let autograd produce bf16 weight gradients that DDP then adds to the fp32 main grads "
+           "(default: linear layers accumulate into the fp32 main grads directly)")
     a("--transformer-impl", choices=("auto", "local", "transformer_engine"), default="auto")
     a("--attention-dropout", type=float, default=0.0)
     a("--hidden-dropout", type=float, default=0.0)

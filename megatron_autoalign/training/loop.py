@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
 from megatron_autoalign.runtime import device, init_distributed, is_last_rank, print_rank_0
+from megatron_autoalign.runtime.wgrad_fusion import enable_gradient_accumulation_fusion
 
 from . import arguments
 from .data_order import SampleOrder, microbatch_indices
@@ -53,6 +54,8 @@ def build_transformer_config(args, hf_cfg):
         hidden_dropout=args.hidden_dropout,
         # TE's fused RoPE; the local spec rotates q and k in its own attention (models/rope.py).
         apply_rope_fusion=resolve_transformer_impl(args.transformer_impl) == "transformer_engine",
+        # Weight gradients go straight into DDP's fp32 main grads (apex's kernel or torch's addmm).
+        gradient_accumulation_fusion=args.gradient_accumulation_fusion and enable_gradient_accumulation_fusion(),
     )
     if vpp is None:
         overrides.update(pipeline_split(hf_cfg["num_hidden_layers"], args.pipeline_model_parallel_size))
