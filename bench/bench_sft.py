@@ -86,7 +86,8 @@ def run_ours(args, hf_dir: str, prefix: str, log: str) -> dict:
     tps = sum(r["tokens_per_s"] for r in measured) / len(measured)
     last = measured[-1]
     return {
-        "system": f"ours_sft_entry_tp{args.tp}_pp{args.pp}_gpus{args.gpus}",
+        "system": f"ours_sft_entry_tp{args.tp}_pp{args.pp}_gpus{args.gpus}"
+        + "".join(f"_{flag.lstrip('-')}" for flag in shlex.split(args.extra)),
         "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / args.gpus,
         "tflops_per_gpu": sum(r.get("tflops_per_gpu", 0) for r in measured) / len(measured),
         "mfu": sum(r.get("mfu", 0) for r in measured) / len(measured),
