@@ -46,6 +46,9 @@ def run_ours(args, hf_config: dict) -> dict:
     from profile_breakdown import kernel_breakdown, top_kernels
 
     init_distributed(args.tp, 1)
+    from megatron_autoalign.models import attention
+
+    attention.PACKED_KERNEL = args.packed_kernel
     tconfig = transformer_config_from_hf(
         hf_config, params_dtype=torch.bfloat16, tensor_model_parallel_size=args.tp,
         sequence_parallel=args.tp > 1,
@@ -126,7 +129,8 @@ def run_ours(args, hf_config: dict) -> dict:
         "system": f"ours_local_spec_tp{args.tp}" + (f"_packed{args.packed_docs}" if args.packed_docs > 1 else "")
         + ("_unfusedloss" if args.unfused_loss else "") + ("_foreachadam" if args.no_fused_adam else "")
         + ("_localmultitensor" if args.local_multi_tensor else "")
-        + ("_no-wgrad-fusion" if args.no_grad_accum_fusion else "") + ("_recompute-swiglu" if args.recompute_swiglu else "")
+        + ("_no-wgrad-fusion" if args.no_grad_accum_fusion else "")
+        + (f"_{args.packed_kernel}" if args.packed_kernel != "auto" else "") + ("_recompute-swiglu" if args.recompute_swiglu else "")
         + "".join(f"_no-{f}" for f in args.disable)
         + "".join(f"_recompute-{m}" for m in args.recompute_modules),
         "tokens_per_s": tokens_per_s, "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
@@ -205,6 +209,8 @@ def main():
     parser.add_argument("--no-fused-adam", action="store_true")
     parser.add_argument("--local-multi-tensor", action="store_true",
                         help="keep megatron's per-tensor (host-synchronising) grad-norm / scale stand-ins")
+    parser.add_argument("--packed-kernel", choices=("auto", "flex"), default="auto",
+                        help="packed rows: varlen flash attention where available (auto) or FlexAttention")
     parser.add_argument("--no-grad-accum-fusion", action="store_true",
                         help="bf16 weight gradients added to the fp32 main grads by DDP's hooks (unfused)")
     parser.add_argument("--unfused-loss", action="store_true", help="materialise logits (megatron's CE)")

@@ -10,7 +10,10 @@ its mask on CUDA. This module fills those holes through the layer spec:
 - packed documents (``thd``) and/or context parallel: every local query token and every (gathered) key
   token gets a (document id, position in document); a key is visible when it is in the same document and
   not later. On GPU this runs as FlexAttention with a block mask; on CPU as SDPA with an exact boolean
-  mask, so the CPU tests check the same rule.
+  mask, so the CPU tests check the same rule. Packed bf16/fp16 rows without CP take torch's
+  flash-attention varlen kernel instead where torch has it (``torch.nn.attention.varlen``): the
+  documents are exactly its ``cu_seqlens`` segments, and it is two plain operators per layer where
+  FlexAttention is a compiled region each way (the step is limited by the host).
 
 Context parallel follows megatron's load-balanced layout: each document (or the whole row) of padded
 length L is cut into 2*CP chunks and CP rank r holds chunks r and 2*CP-1-r. ``cp_token_layout`` is the
@@ -22,6 +25,8 @@ returns its output in the query's memory order, so reshaping it for the output p
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -103,13 +108,55 @@ class _LastValueCache:
 _LAYOUT_CACHE = _LastValueCache()
 
 
+# "auto": the varlen kernel where it applies, FlexAttention otherwise; "flex": always FlexAttention on GPU
+# (benchmarks compare the two; the GPU tests check both against per-document SDPA).
+PACKED_KERNEL = "auto"
+
+
+@functools.lru_cache(maxsize=None)
+def _varlen_causal():
+    """torch's varlen flash attention as ``fn(q, k, v, cu_seqlens, max_len, scale)`` (q [t, h, d], k/v
+    [t, h_kv, d]; causal within each segment), or None where this torch has no such entry point. Its
+    keywords changed across torch releases (``is_causal`` / ``window_size``, ``enable_gqa``)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" in params:
+        causal = {"window_size": (-1, 0)}
+    elif "is_causal" in params:
+        causal = {"is_causal": True}
+    else:
+        return None
+    gqa = {"enable_gqa": True} if "enable_gqa" in params else {}
+    expand_kv = []  # set once a torch version refuses fewer key/value heads than query heads
+
+    def run(q, k, v, cu, max_len, scale):
+        if q.shape[1] != k.shape[1] and not expand_kv:
+            # The flash kernel handles grouped KV heads itself (no copies of k and v kept for backward);
+            # the wrappers without ``enable_gqa`` pass them through, or reject them with a shape check.
+            try:
+                return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal, **gqa)
+            except (ValueError, RuntimeError):
+                expand_kv.append(True)
+        if q.shape[1] != k.shape[1]:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal)
+
+    return run
+
+
 class _TokenLayout:
     """One micro-batch's attention layout, shared by all layers: (document id, position) of the local
-    queries and the (CP-gathered) keys, their RoPE tables, and the masks built from them on first use."""
+    queries and the (CP-gathered) keys, their RoPE tables, the document boundaries (for the varlen
+    kernel), and the masks built from them on first use."""
 
-    def __init__(self, q_doc, q_pos, k_doc, k_pos, q_rope, k_rope):
+    def __init__(self, q_doc, q_pos, k_doc, k_pos, q_rope, k_rope, cu_seqlens, max_len):
         self.q_doc, self.q_pos, self.k_doc, self.k_pos = q_doc, q_pos, k_doc, k_pos
         self.q_rope, self.k_rope = q_rope, k_rope
+        self.cu_seqlens, self.max_len = cu_seqlens, max_len
         self._block_mask = self._dense_mask = None
 
     def block_mask(self):
@@ -199,6 +246,10 @@ class DocumentCausalAttention(MegatronModule):
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True
             )
+        elif self._use_varlen(thd, cp_size, query, dropout):
+            out = _varlen_causal()(query[:, 0], key[:, 0], value[:, 0], layout.cu_seqlens, layout.max_len,
+                                   self.softmax_scale)
+            return out.reshape(seq_len, self.heads * self.head_dim)
         elif q.is_cuda and dropout == 0.0:
             from torch.nn.attention.flex_attention import flex_attention
 
@@ -213,6 +264,11 @@ class DocumentCausalAttention(MegatronModule):
 
         out = out.permute(2, 0, 1, 3).reshape(seq_len, batch, self.heads * self.head_dim)
         return out.squeeze(1) if thd else out
+
+    @staticmethod
+    def _use_varlen(thd: bool, cp_size: int, query: torch.Tensor, dropout: float) -> bool:
+        return (thd and cp_size == 1 and query.is_cuda and dropout == 0.0 and PACKED_KERNEL == "auto"
+                and query.dtype in (torch.bfloat16, torch.float16) and _varlen_causal() is not None)
 
     def _layout(self, bounds, cp_group, device, dtype) -> _TokenLayout:
         """This micro-batch's layout; ``bounds``: padded document boundaries (host tuple or tensor) or a
@@ -233,7 +289,8 @@ class DocumentCausalAttention(MegatronModule):
             if self.rotary_base is not None:
                 q_rope = rope_tables(q_pos, self.head_dim, self.rotary_base, dtype)
                 k_rope = q_rope if cp_size == 1 else rope_tables(k_pos, self.head_dim, self.rotary_base, dtype)
-            return _TokenLayout(q_doc, q_pos, k_doc, k_pos, q_rope, k_rope)
+            return _TokenLayout(q_doc, q_pos, k_doc, k_pos, q_rope, k_rope,
+                                cu.to(device=device, dtype=torch.int32), int((cu[1:] - cu[:-1]).max()))
 
         key = (bounds, cp_size, cp_rank, str(device), dtype, self.rotary_base, self.head_dim)
         return _LAYOUT_CACHE.get(key, build)

@@ -140,7 +140,11 @@ def optimizer_step(optimizer, clip_grad: float):
 # ----------------------------------------------------------------------------- batches and schedule
 
 def to_device(batch: dict, dev) -> dict:
-    return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Copy a collated batch's tensors to ``dev``. To a GPU they go through pinned host memory, so the
+    copies queue behind the GPU's current work instead of making the host wait for it."""
+    pin = torch.device(dev).type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
 
 
 class Runner:
@@ -309,15 +313,21 @@ class Trainer:
         start_iteration = self.iteration
         for c in self.model:
             c.train()
+        batches = None
         while self.iteration < a.train_iters:
-            indices = self.order.indices(self.state["consumed_samples"], gbs)
-            batches = self._batches(self.train_ds, indices)
+            if batches is None:
+                batches = self._batches(self.train_ds, self.order.indices(self.state["consumed_samples"], gbs))
             tokens += sum(b["num_tokens"] for b in batches)
             self.task.prepare_global_batch(batches, self.ctx)
             for m in self.model:
                 m.zero_grad_buffer()
             self.optimizer.zero_grad()
             outputs = self.runner.run(self.model, batches, forward_only=False)
+            # Collate the next step's micro-batches while the GPU still works through this step's backward
+            # (the grad-norm check below waits for it); the sample order depends only on consumed samples.
+            batches = None
+            if self.iteration + 1 < a.train_iters:
+                batches = self._batches(self.train_ds, self.order.indices(self.state["consumed_samples"] + gbs, gbs))
             stepped, grad_norm = optimizer_step(self.optimizer, a.clip_grad)
             self.iteration += 1
             self.state["consumed_samples"] += gbs
