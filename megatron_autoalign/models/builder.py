@@ -6,6 +6,8 @@ with this project's ``DocumentCausalAttention`` and sequence-parallel-aware ``RM
 
 from __future__ import annotations
 
+import copy
+
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -13,6 +15,7 @@ from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
     get_num_layers_to_build,
 )
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from .attention import DocumentCausalAttention
 from .linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
@@ -110,7 +113,7 @@ def layer_spec(
     transformer_impl: str = "local",
     vp_stage: int | None = None,
     rotary_base: float = 1e6,
-    recompute_activation: bool = False,
+    recompute_activation: bool | int = False,
 ):
     """Block submodules for this pipeline stage.
 
@@ -133,10 +136,19 @@ def layer_spec(
             module=DocumentCausalAttention, params={"rotary_base": rotary_base}
         )
         spec.submodules.mlp.module = Qwen2MLP
-        spec.submodules.mlp.params = {"recompute_activation": recompute_activation}
         final_norm = RMSNorm
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[spec] * num_layers, layer_norm=final_norm)
+    if transformer_impl == "transformer_engine":
+        return TransformerBlockSubmodules(layer_specs=[spec] * num_layers, layer_norm=final_norm)
+    # recompute_activation: True for every layer, an int N for the model's first N layers.
+    limit = config.num_layers if recompute_activation is True else int(recompute_activation or 0)
+    offset = get_transformer_layer_offset(config, vp_stage=vp_stage)
+    variants = {}
+    for recompute in (False, True):
+        variants[recompute] = copy.deepcopy(spec)
+        variants[recompute].submodules.mlp.params = {"recompute_activation": recompute}
+    layer_specs = [variants[offset + i < limit] for i in range(num_layers)]
+    return TransformerBlockSubmodules(layer_specs=layer_specs, layer_norm=final_norm)
 
 
 def build_gpt_model(
@@ -148,11 +160,12 @@ def build_gpt_model(
     vp_stage: int | None = None,
     max_sequence_length: int | None = None,
     fused_linear_cross_entropy: bool = True,
-    recompute_activation: bool = False,
+    recompute_activation: bool | int = False,
 ) -> GPTModel:
     """A GPTModel chunk for this rank's pipeline stage (``pre_process``/``post_process`` default to it).
 
-    ``recompute_activation``: the local spec's MLP recomputes its SwiGLU output in the backward.
+    ``recompute_activation``: the local spec's MLP recomputes its SwiGLU output in the backward, in every
+    layer (True) or in the model's first N layers (an int N).
     """
     if hf_config.get("use_sliding_window"):
         raise ConfigError("sliding-window attention (use_sliding_window=true) is not supported")

@@ -60,9 +60,10 @@ def build_parser(task_cls=None) -> argparse.ArgumentParser:
     a("--recompute-method", choices=("uniform", "block"), default=None)
     a("--recompute-num-layers", type=int, default=None)
     a("--recompute-activations", action="store_true", help="= --recompute-granularity selective")
-    a("--recompute-swiglu", action="store_true",
-      help="local spec: recompute the MLP's SwiGLU output in the backward instead of keeping it "
-           "(-4.1 GB at Qwen2.5-1.5B / 8k tokens for one elementwise pass per layer)")
+    a("--recompute-swiglu", nargs="?", const="all", default=False, type=_recompute_layers, metavar="LAYERS",
+      help="local spec: recompute the MLP's SwiGLU output in the backward instead of keeping it, in every "
+           "layer or in the model's first LAYERS layers (147 MB per layer at Qwen2.5-1.5B / 8k tokens, "
+           "for one elementwise pass per layer)")
     a("--no-gradient-accumulation-fusion", dest="gradient_accumulation_fusion", action="store_false",
       help="GPU: let autograd produce bf16 weight gradients that DDP then adds to the fp32 main grads "
            "(default: linear layers accumulate into the fp32 main grads directly)")
@@ -107,6 +108,15 @@ def build_parser(task_cls=None) -> argparse.ArgumentParser:
     if task_cls is not None:
         task_cls.add_arguments(p)
     return p
+
+
+def _recompute_layers(value: str):
+    """``all`` -> True (every layer); a positive integer N -> N (the model's first N layers)."""
+    if value == "all":
+        return True
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a positive number of layers, got {value!r}")
+    return int(value)
 
 
 def _single(paths, flag):

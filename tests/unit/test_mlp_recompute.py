@@ -13,7 +13,7 @@ def _fresh_process_group():
     destroy_distributed()
 
 
-def _loss_and_grads(hf_dir, recompute: bool):
+def _loss_and_grads(hf_dir, recompute):
     from megatron_autoalign.checkpoint.torch_dist import ensure_process_group
     from megatron_autoalign.models import build_gpt_model, load_hf_config, transformer_config_from_hf
     from megatron_autoalign.models.qwen2_mapping import load_hf_weights_into_model
@@ -22,6 +22,11 @@ def _loss_and_grads(hf_dir, recompute: bool):
     cfg = load_hf_config(hf_dir)
     model = build_gpt_model(cfg, transformer_config_from_hf(cfg, torch.float32), recompute_activation=recompute)
     load_hf_weights_into_model(model, hf_dir)
+    recomputing = [layer.mlp.recompute_activation for layer in model.decoder.layers]
+    if isinstance(recompute, bool):
+        assert recomputing == [recompute] * 4
+    else:  # the model's first N layers
+        assert recomputing == [i < recompute for i in range(4)]
     torch.manual_seed(0)
     tokens = torch.randint(0, cfg["vocab_size"], (2, 17))
     positions = torch.arange(16).expand(2, 16)
@@ -30,9 +35,10 @@ def _loss_and_grads(hf_dir, recompute: bool):
     return losses.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_recomputed_swiglu_gives_identical_gradients(tiny_4layer_dir):
+@pytest.mark.parametrize("recompute", [True, 3])  # every layer / the first 3 of 4
+def test_recomputed_swiglu_gives_identical_gradients(tiny_4layer_dir, recompute):
     loss_kept, grads_kept = _loss_and_grads(tiny_4layer_dir, recompute=False)
-    loss_recomputed, grads_recomputed = _loss_and_grads(tiny_4layer_dir, recompute=True)
+    loss_recomputed, grads_recomputed = _loss_and_grads(tiny_4layer_dir, recompute=recompute)
     torch.testing.assert_close(loss_recomputed, loss_kept, rtol=0, atol=0)
     assert grads_kept.keys() == grads_recomputed.keys()
     for name, grad in grads_kept.items():

@@ -47,3 +47,16 @@ def test_microbatches_follow_megatron_order():
     g = list(range(8))  # mbs 2, DP 2 -> 2 micro-batches per rank
     assert microbatch_indices(g, 2, 2, 0) == [[0, 1], [4, 5]]
     assert microbatch_indices(g, 2, 2, 1) == [[2, 3], [6, 7]]
+
+
+def test_recompute_swiglu_takes_all_or_a_layer_count():
+    from megatron_autoalign.training import arguments
+
+    parse = arguments.build_parser().parse_args
+    base = ["--data-path", "x", "--hf-config", "y"]
+    assert parse(base).recompute_swiglu is False
+    assert parse(base + ["--recompute-swiglu"]).recompute_swiglu is True
+    assert parse(base + ["--recompute-swiglu", "14"]).recompute_swiglu == 14
+    for bad in ("0", "-2", "half"):
+        with pytest.raises(SystemExit):
+            parse(base + ["--recompute-swiglu", bad])
