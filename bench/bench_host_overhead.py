@@ -5,6 +5,11 @@ launch matters as much as what its kernels cost the GPU. For each candidate impl
 the host time per forward+backward call (tiny tensors, so the GPU is never the limit) and the GPU time
 per call at the real shape (8192 tokens, Qwen2.5-1.5B widths), as a table and JSON.
 
+Use the host column. The GPU column is only indicative for the compiled ops: they are compiled for the
+tiny shape first, so the 8k shape runs torch.compile's dynamic-shape recompilation (for the compiled
+RMSNorm it printed 0.85 ms where the training profile shows ~0.06 ms per layer); kernel times come from
+``bench_model_step.py --profile``.
+
     python bench/bench_host_overhead.py
 """
 
