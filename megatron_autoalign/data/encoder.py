@@ -10,6 +10,7 @@ non-special added tokens (e.g. Qwen's `<tool_call>`) are still recognized, as HF
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -189,7 +190,9 @@ class PieceEncoder:
         names = sorted(self.special_ids, key=len, reverse=True)
         self._split_re = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self._tmpl_cache: dict[str, list] = {}
-        self._text_cache: dict[str, list[int]] = {}
+        # Recently encoded runs: template text ("\n", "assistant\n") and repeated content (a system prompt
+        # shared by many conversations, the prompt both sides of a DPO pair share) are encoded once.
+        self._encode_run = functools.lru_cache(maxsize=4096)(lambda text: tuple(encoder.encode(text)))
 
     def _template_parts(self, text: str) -> list:
         parts = self._tmpl_cache.get(text)
@@ -204,21 +207,14 @@ class PieceEncoder:
         labels: list[int] = []
         turn_ends: list[int] = []
         buf: list[str] = []
-        state = [False, False]  # [trained, has_content] of the current run
+        state = [False]  # [trained] of the current run
 
         def flush():
             if buf:
-                text = "".join(buf)
-                if state[1]:
-                    toks = self.enc.encode(text)
-                else:  # template-only text ("\n", "assistant\n") repeats: cache it
-                    toks = self._text_cache.get(text)
-                    if toks is None:
-                        toks = self._text_cache[text] = self.enc.encode(text)
+                toks = self._encode_run("".join(buf))
                 ids.extend(toks)
                 labels.extend(toks if state[0] else [IGNORE_INDEX] * len(toks))
                 buf.clear()
-            state[1] = False
 
         for p in pieces:
             if p.trained != state[0]:
@@ -226,7 +222,6 @@ class PieceEncoder:
                 state[0] = p.trained
             if p.content:
                 buf.append(p.text)
-                state[1] = True
             else:
                 for part in self._template_parts(p.text):
                     if isinstance(part, int):

@@ -156,3 +156,28 @@ def test_turn_ends_mark_whole_assistant_turns(tok, penc):
     assert len(ends) == 2 and ends[-1] == len(ids)
     first = qwen_expected(QWEN_SYS, CONV[:2])[0]
     assert ends[0] == len(first) and ids[:ends[0]] == first
+
+
+def test_repeated_runs_are_encoded_once(tok):
+    """A prompt shared by a DPO pair's two sides (or a system prompt shared by many conversations) is
+    tokenized once; the ids are the same as without the cache."""
+    from megatron_autoalign.data.templates import get_template
+
+    calls = []
+
+    class CountingEncoder:
+        def __init__(self, inner):
+            self.inner, self.special_ids = inner, inner.special_ids
+
+        def encode(self, text):
+            calls.append(text)
+            return self.inner.encode(text)
+
+    inner = build_encoder(tok)
+    template = get_template("qwen", tok, list(inner.special_ids))
+    prompt = [("system", "Be brief."), ("user", "Name a colour.")]
+    chosen, rejected = prompt + [("assistant", "Blue.")], prompt + [("assistant", "Seven.")]
+    penc = PieceEncoder(CountingEncoder(inner))
+    got = [penc(template.render(conv)) for conv in (chosen, rejected)]
+    assert got == [PieceEncoder(inner)(template.render(conv)) for conv in (chosen, rejected)]
+    assert sum("Be brief." in c for c in calls) == 1 and len(calls) == len(set(calls))
