@@ -13,7 +13,38 @@ import sys
 
 from .conversations import DataError
 from .encoder import build_encoder
-from .templates import get_template
+from .templates import KNOWN, get_template
+
+
+def add_common_arguments(p, records: str, seq_len_help: str):
+    """The flags SFT and DPO preprocessing share; ``records`` names what one input record is."""
+    p.add_argument("--input", required=True, help=f"JSON array or JSONL file of {records}")
+    p.add_argument("--output-prefix", required=True,
+                   help="writes PREFIX_{input_ids,labels}.{bin,idx} + PREFIX_manifest.json")
+    p.add_argument("--hf-model-path", required=True, help="directory with the tokenizer (and config.json)")
+    p.add_argument("--seq-len", type=int, required=True, help=seq_len_help)
+    p.add_argument("--key", default="conversations",
+                   help="record key holding the turns (OpenAI 'messages' also accepted)")
+    p.add_argument("--tokenizer-class", default="Qwen2Tokenizer", help="recorded; the tokenizer loads via AutoTokenizer")
+    p.add_argument("--extra-vocab-size", type=int, default=0,
+                   help="embedding padding beyond the BPE vocabulary (recorded, checked)")
+    p.add_argument("--template", default="qwen", help=f"one of: {', '.join(KNOWN)}")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (1 = in-process)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--packing", dest="packing", action="store_true", default=None, help="force packing on")
+    g.add_argument("--no-packing", dest="packing", action="store_false", help="force packing off")
+    p.add_argument("--pack-buffer", type=int, default=8192, help=f"{records} per packing window")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01, help="fail if more records than this are invalid")
+    p.add_argument("--encoder", choices=("auto", "fast", "hf"), default="auto", help="auto: tiktoken if verified, else HF")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def check_common_arguments(p, a) -> None:
+    """Range checks and the packing default (short rows: one record each; long rows: pack)."""
+    if a.seq_len <= 0 or a.extra_vocab_size < 0 or a.workers < 1:
+        p.error("--seq-len and --workers must be positive, --extra-vocab-size >= 0")
+    if a.packing is None:
+        a.packing = a.seq_len >= 2048
 
 
 @functools.lru_cache(maxsize=4)  # repeated in-process runs (tests, notebooks) reuse the tokenizer

@@ -9,7 +9,6 @@ the run fails before anything is written (one-line error, exit code 2).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -19,9 +18,9 @@ from .encoder import IGNORE_INDEX, PieceEncoder
 from .indexed import AlignedWriter
 from .manifest import SFT_FORMAT, tokenizer_entry
 from .packing import Packer
-from .pipeline import encoded_in_workers, start_encoding
+from .pipeline import add_common_arguments, check_common_arguments, encoded_in_workers, start_encoding
 from .skips import SkipCounter, fmt_counts
-from .templates import KNOWN, TemplateError
+from .templates import TemplateError
 
 BATCH = 256          # records per worker task
 
@@ -29,29 +28,11 @@ BATCH = 256          # records per worker task
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m megatron_autoalign.data.preprocess_sft", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="JSON array or JSONL file of conversations")
-    p.add_argument("--output-prefix", required=True, help="writes PREFIX_{input_ids,labels}.{bin,idx} + PREFIX_manifest.json")
-    p.add_argument("--hf-model-path", required=True, help="directory with the tokenizer (and config.json)")
-    p.add_argument("--seq-len", type=int, required=True, help="maximum tokens per training row")
-    p.add_argument("--key", default="conversations", help="record key holding the turns (OpenAI 'messages' also accepted)")
-    p.add_argument("--tokenizer-class", default="Qwen2Tokenizer", help="recorded; the tokenizer loads via AutoTokenizer")
-    p.add_argument("--extra-vocab-size", type=int, default=0, help="embedding padding beyond the BPE vocabulary (recorded, checked)")
-    p.add_argument("--template", default="qwen", help=f"one of: {', '.join(KNOWN)}")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (1 = in-process)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--packing", dest="packing", action="store_true", default=None, help="force packing on")
-    g.add_argument("--no-packing", dest="packing", action="store_false", help="force packing off")
-    p.add_argument("--pack-buffer", type=int, default=8192, help="conversations per packing window")
+    add_common_arguments(p, "conversations", "maximum tokens per training row")
     p.add_argument("--truncation", choices=("drop", "turn"), default="drop",
                    help="over-long conversations: drop them, or keep the longest prefix of whole turns that fits")
-    p.add_argument("--max-bad-fraction", type=float, default=0.01, help="fail if more records than this are invalid")
-    p.add_argument("--encoder", choices=("auto", "fast", "hf"), default="auto", help="auto: tiktoken if verified, else HF")
-    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    if a.seq_len <= 0 or a.extra_vocab_size < 0 or a.workers < 1:
-        p.error("--seq-len and --workers must be positive, --extra-vocab-size >= 0")
-    if a.packing is None:
-        a.packing = a.seq_len >= 2048  # short rows: one conversation each; long rows: pack
+    check_common_arguments(p, a)
     return a
 
 

@@ -12,19 +12,18 @@ pairs in at most 2 x seq-len tokens, an unpacked row exactly one pair.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
 
-from ..data.conversations import INVALID_REASONS, DataError, InputReader
+from ..data.conversations import INVALID_REASONS, DataError, InputReader, load_record
 from ..data.encoder import IGNORE_INDEX, PieceEncoder
 from ..data.indexed import AlignedWriter
 from ..data.manifest import tokenizer_entry
 from ..data.packing import Packer
-from ..data.pipeline import encoded_in_workers, start_encoding
+from ..data.pipeline import add_common_arguments, check_common_arguments, encoded_in_workers, start_encoding
 from ..data.skips import SkipCounter, fmt_counts
-from ..data.templates import KNOWN, TemplateError
+from ..data.templates import TemplateError
 from .dataset import DPO_FORMAT, FIELDS
 from .pairs import PAIR_INVALID_REASONS, parse_pair
 
@@ -35,28 +34,9 @@ BAD_REASONS = tuple(INVALID_REASONS) + PAIR_INVALID_REASONS  # mismatched prompt
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m megatron_autoalign.dpo.preprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="JSON array or JSONL file of preference pairs")
-    p.add_argument("--output-prefix", required=True,
-                   help="writes PREFIX_{input_ids,labels}.{bin,idx} + PREFIX_manifest.json")
-    p.add_argument("--hf-model-path", required=True, help="directory with the tokenizer (and config.json)")
-    p.add_argument("--seq-len", type=int, required=True, help="maximum tokens of each sequence (chosen or rejected)")
-    p.add_argument("--key", default="conversations", help="record key holding the prompt turns")
-    p.add_argument("--tokenizer-class", default="Qwen2Tokenizer")
-    p.add_argument("--extra-vocab-size", type=int, default=0)
-    p.add_argument("--template", default="qwen", help=f"one of: {', '.join(KNOWN)}")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--packing", dest="packing", action="store_true", default=None)
-    g.add_argument("--no-packing", dest="packing", action="store_false")
-    p.add_argument("--pack-buffer", type=int, default=8192, help="pairs per packing window")
-    p.add_argument("--max-bad-fraction", type=float, default=0.01)
-    p.add_argument("--encoder", choices=("auto", "fast", "hf"), default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    add_common_arguments(p, "preference pairs", "maximum tokens of each sequence (chosen or rejected)")
     a = p.parse_args(argv)
-    if a.seq_len <= 0 or a.extra_vocab_size < 0 or a.workers < 1:
-        p.error("--seq-len and --workers must be positive, --extra-vocab-size >= 0")
-    if a.packing is None:
-        a.packing = a.seq_len >= 2048  # the SFT default
+    check_common_arguments(p, a)
     return a
 
 
@@ -84,6 +64,8 @@ def _encode_batch(batch):
     for recno, record, reason in batch:
         pair = None
         if reason is None:
+            record, reason = load_record(record)  # workers parse the raw JSON text (parallel)
+        if reason is None:
             pair, reason = parse_pair(record, key)
         if reason is None:
             try:
@@ -108,14 +90,15 @@ def _encode_batch(batch):
 
 def _sample_texts(batch, key, limit=64):
     out = []
-    for _, rec, reason in batch:
+    for _, raw, reason in batch:
+        rec, reason = load_record(raw) if reason is None else (None, reason)
         pair, bad = parse_pair(rec, key) if reason is None else (None, reason)
         out += [t for conv in pair or () for _, t in conv]
     return out[:limit]
 
 
 def run(args) -> dict:
-    reader = InputReader(args.input)
+    reader = InputReader(args.input, raw=True)
     tok, enc, template, all_batches = start_encoding(args, reader, BATCH, lambda b: _sample_texts(b, args.key))
     _W.update(key=args.key, template=template, penc=PieceEncoder(enc), seq_len=args.seq_len)
 
