@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ..data.manifest import manifest_path, write_json_atomic
 from ..runtime import device, init_distributed, is_last_rank, print_rank_0
 from ..training import arguments
-from ..training.sft_task import max_docs_per_row
+from ..training.row_data import max_docs_per_row
 from ..training.task import TaskContext
 from .dataset import PreferenceDataset, file_sha256, reference_path
 from .task import DPOTask

@@ -16,9 +16,9 @@ import os
 import torch
 from megatron.core import parallel_state
 
-from ..training.sft_batch import packed_seq_params, row_capacity
-from ..training.sft_task import _Range, max_docs_per_row, split_ranges
-from ..training.data_checks import check_manifest, pad_id
+from ..training.data_checks import check_manifest
+from ..training.row_data import row_layout, sequence_length, train_valid_datasets
+from ..training.sft_batch import packed_seq_params
 from ..training.task import Task, TaskContext
 from .batch import collate_pairs
 from .dataset import PreferenceDataset
@@ -54,43 +54,20 @@ class DPOTask(Task):
     def build_datasets(self, ctx: TaskContext):
         args = self.args
         use_ref = args.reference == "precomputed"
-        full = PreferenceDataset(args.data_path, use_reference=use_ref)
-        ctx.manifest = self.manifest = full.manifest
-        train_r, valid_r, _ = split_ranges(len(full), args.split_fractions)
-        train = _Range(full, *train_r)
-        valid = _Range(full, *valid_r) if valid_r[1] > valid_r[0] else None
-        prefixes, packed = [args.data_path], bool(self.manifest["packing"])
-        if args.valid_data_path:
-            vds = PreferenceDataset(args.valid_data_path, use_reference=use_ref)
-            if vds.manifest["seq_len"] != self.manifest["seq_len"]:
-                raise ValueError(f"{args.valid_data_path}: seq_len {vds.manifest['seq_len']} differs from the "
-                                 f"training data's {self.manifest['seq_len']}")
-            valid = _Range(vds, 0, len(vds))
-            prefixes.append(args.valid_data_path)
-            packed = packed or bool(vds.manifest["packing"])
-        if len(train) == 0:
-            raise ValueError(f"{args.data_path}: no training rows (split {args.split})")
-        self.setup_layout(max(max_docs_per_row(p) for p in prefixes), packed=packed)
-        return train, valid
+        data = train_valid_datasets(args, lambda prefix: PreferenceDataset(prefix, use_reference=use_ref))
+        ctx.manifest = self.manifest = data.manifest
+        self.setup_layout(data.max_docs, packed=data.packed)
+        return data.train, data.valid
 
     def setup_layout(self, max_docs: int, manifest: dict | None = None, packed: bool | None = None) -> None:
-        """Row capacity and padding from the manifest (``max_docs``: most documents in any row; ``packed``:
-        the layout, by default the manifest's)."""
+        """Row layout from the manifest (``max_docs``: most documents in any row; ``packed``: the layout,
+        by default the manifest's). Packed rows hold whole pairs in 2 x seq tokens; unpacked, every
+        sequence (chosen or rejected) is its own row."""
         if manifest is not None:
             self.manifest = manifest
-        args, m = self.args, self.manifest
-        if args.seq_length is None:
-            args.seq_length = int(m["seq_len"])
-        seq = args.max_padding_length or args.seq_length  # per sequence (chosen or rejected)
-        if seq < args.seq_length:
-            raise ValueError(f"--max-padding-length {seq} is shorter than --seq-length {args.seq_length}")
-        self.packed = bool(m["packing"]) if packed is None else packed
-        self.cp = parallel_state.get_context_parallel_world_size()
-        self.cp_rank = parallel_state.get_context_parallel_rank()
-        tp_sp = args.tensor_model_parallel_size if args.sequence_parallel else 1
-        # packed rows hold pairs in 2 x seq tokens; unpacked, every sequence is its own [capacity] row
-        self.capacity = row_capacity(2 * seq if self.packed else seq, self.cp, tp_sp, max_docs, self.packed)
-        self.pad_id = pad_id(m)
+        seq = sequence_length(self.args, self.manifest)
+        packed = bool(self.manifest["packing"]) if packed is None else packed
+        self.layout = row_layout(self.args, self.manifest, 2 * seq if packed else seq, max_docs, packed)
 
     def check(self, ctx: TaskContext) -> None:
         check_manifest(self.manifest, self.args, ctx.hf_config)
@@ -111,10 +88,12 @@ class DPOTask(Task):
 
     def pipeline_shape(self) -> tuple[int, int]:
         mbs = self.args.micro_batch_size
-        return (mbs * self.capacity, 1) if self.packed else (self.capacity, 2 * mbs)
+        lay = self.layout
+        return (mbs * lay.capacity, 1) if lay.packed else (lay.capacity, 2 * mbs)
 
     def collate(self, samples: list) -> dict:
-        return collate_pairs(samples, self.packed, self.capacity, self.cp, self.cp_rank, self.pad_id)
+        lay = self.layout
+        return collate_pairs(samples, lay.packed, lay.capacity, lay.cp, lay.cp_rank, lay.pad_id)
 
     def flops_multiplier(self) -> float:
         return 4 / 3 if self.needs_reference_model else 1.0  # + one forward (1/3 of fwd+bwd)
@@ -134,7 +113,7 @@ class DPOTask(Task):
     def _logps(self, batch, per_token_ce):
         """[P, 2] (chosen, rejected) summed log-probs of whole sequences (CP partial sums reduced)."""
         sums = sequence_logps(per_token_ce, batch["seq_ids"], 2 * batch["num_pairs"],
-                              parallel_state.get_context_parallel_group() if self.cp > 1 else None)
+                              parallel_state.get_context_parallel_group() if self.layout.cp > 1 else None)
         return sums.view(-1, 2)
 
     def _loss(self, batch, per_token_ce):
@@ -147,7 +126,7 @@ class DPOTask(Task):
         losses, metrics = preference_loss(self.loss_cfg, logps[:, 0], logps[:, 1], lens[:, 0], lens[:, 1], ref_c, ref_r)
         loss_sum = losses.sum()
         # CP: every CP rank holds the full loss (its gradient flows to its own tokens); count the pairs once.
-        n = batch["num_pairs"] if self.cp_rank == 0 else 0
+        n = batch["num_pairs"] if self.layout.cp_rank == 0 else 0
         # torch.full writes the count on the device; torch.tensor(n, device=...) would copy it from the host.
         pairs = torch.full((), float(n), device=loss_sum.device)
         metrics["loss"] = losses.detach()

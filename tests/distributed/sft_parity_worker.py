@@ -40,11 +40,11 @@ def main():
             per_token, loss_func = task.forward_step(to_device(batch, t.device), model)
             per_token = per_token.reshape(-1).float().cpu()
             targets = batch["labels"].reshape(-1)
-            assert task.cp == 1  # without CP documents are not padded: doc k of row r starts at r*capacity + offset
+            assert task.layout.cp == 1  # without CP documents are not padded: doc k of row r starts at r*capacity + offset
             for r, row in enumerate(pair):
                 offset = 0
                 for n in row["doc_lens"].tolist():
-                    start = r * task.capacity + offset
+                    start = r * task.layout.capacity + offset
                     ids = row["input_ids"][offset : offset + n]
                     tgt = shift_within_docs(row["labels"][offset : offset + n], np.array([n]))
                     offset += n
@@ -58,13 +58,13 @@ def main():
                     d_hf = max(d_hf, (ours - ref)[mask].abs().max().item())
                     # (b) our model on this conversation alone
                     single = collate_sbhd([{"input_ids": ids, "labels": row["labels"][offset - n : offset],
-                                            "doc_lens": np.array([n])}], task.capacity, 1, 0, task.pad_id)
+                                            "doc_lens": np.array([n])}], task.layout.capacity, 1, 0, task.layout.pad_id)
                     alone, _ = task.forward_step(to_device(single, t.device), model)
                     alone = alone.reshape(-1)[:n].float().cpu()
                     d_alone = max(d_alone, (ours - alone)[mask].abs().max().item())
                     compared += int(mask.sum())
                 # the rest of the row is padding: never trained
-                assert (targets[r * task.capacity + offset : (r + 1) * task.capacity] == IGNORE_INDEX).all()
+                assert (targets[r * task.layout.capacity + offset : (r + 1) * task.layout.capacity] == IGNORE_INDEX).all()
     json.dump({"max_diff_vs_hf": d_hf, "max_diff_packed_vs_alone": d_alone, "tokens": compared}, open(out, "w"))
     torch.distributed.destroy_process_group()
 
