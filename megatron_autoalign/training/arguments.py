@@ -31,6 +31,9 @@ def build_parser(task_cls=None) -> argparse.ArgumentParser:
     a("--context-parallel-size", type=int, default=1)
     a("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
     a("--use-distributed-optimizer", action="store_true")
+    a("--overlap-param-gather", action="store_true",
+      help="with --use-distributed-optimizer: all-gather the updated parameters bucket by bucket during the "
+           "next forward instead of right after the optimizer step (pays off with data parallelism)")
     # batch / schedule
     a("--micro-batch-size", type=int, default=1, help="samples per micro-batch (rows for SFT, pairs for DPO)")
     a("--global-batch-size", type=int, default=None, help="samples per optimizer step (default: micro x DP)")
@@ -144,6 +147,8 @@ def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if min(tp, pp, cp) < 1 or world_size % mp:
         raise ArgumentError(f"world size {world_size} is not divisible by TP({tp}) x PP({pp}) x CP({cp}) = {mp}")
     args.data_parallel_size = world_size // mp
+    if args.overlap_param_gather and not args.use_distributed_optimizer:
+        raise ArgumentError("--overlap-param-gather needs --use-distributed-optimizer (it overlaps that optimizer's parameter all-gather)")
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False  # megatron would refuse; SP is meaningless without TP
     if args.global_batch_size is None:

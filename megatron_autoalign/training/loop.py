@@ -78,6 +78,8 @@ def wrap_ddp(args, config, chunks):
         grad_reduce_in_fp32=True, use_distributed_optimizer=args.use_distributed_optimizer,
         # On GPUs the data-parallel gradient reduction runs bucket by bucket during the backward pass.
         overlap_grad_reduce=overlap_grad_reduce(args),
+        # Updated parameters are all-gathered bucket by bucket from forward pre-hooks (megatron DDP).
+        overlap_param_gather=args.overlap_param_gather,
         check_for_nan_in_grad=False,  # NaN steps are skipped, not fatal
     )
     # Like Megatron-LM: only the first chunk buckets, so later chunks' grads reduce in one go.
@@ -97,6 +99,7 @@ def build_optimizer(args, ddp_chunks):
         clip_grad=args.clip_grad, bf16=args.bf16, fp16=args.fp16,
         params_dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32,
         loss_scale=args.loss_scale, use_distributed_optimizer=args.use_distributed_optimizer,
+        overlap_param_gather=args.overlap_param_gather,
     )
     from megatron_autoalign.runtime.optimizer_fallbacks import enable_fused_adam, use_foreach_multi_tensor_ops
 
@@ -372,8 +375,16 @@ class Trainer:
         from .checkpointing import save_checkpoint
 
         a = self.args
+        if a.overlap_param_gather:
+            # The last update's all-gather waits for the next forward: finish it, or the checkpoint would
+            # hold other ranks' parameter shards from before the update.
+            for m in self.model:
+                m.disable_forward_pre_hook(param_sync=True)
         path = save_checkpoint(a.save, self.iteration, self.model, self.optimizer, self.scheduler,
                                self.state, a, with_optim=not a.no_save_optim)
+        if a.overlap_param_gather:
+            for m in self.model:
+                m.enable_forward_pre_hook()
         print_rank_0(f"saved checkpoint {path}")
 
     def evaluate(self) -> float | None:

@@ -1,5 +1,6 @@
 """SFT through our training loop: 5-step loss curves at TP1 equal those at TP2, PP2 (virtual PP too),
-TP2·PP2 with SP, CP2 (packed thd and unpacked sbhd), DP2 with and without the distributed optimizer,
+TP2·PP2 with SP, CP2 (packed thd and unpacked sbhd), DP2 with and without the distributed optimizer
+(and with its parameter all-gather overlapped with the next forward: same curve, same checkpoint),
 and the upstream 8-GPU layout TP2·PP2·DP2 (8 processes), within 1e-5 (fp32). Micro-batch sizes differ between layouts on purpose: the loss is a per-token mean
 over the whole global batch, so it must not depend on how the batch is cut. Also exact resume.
 
@@ -50,10 +51,14 @@ def curves(setup):
         run(setup, "cp2_unpacked", "unpacked", "--context-parallel-size", 2),
         run(setup, "dp2_mb2", "packed", "--micro-batch-size", 2),
         run(setup, "dp2_distopt", "packed", *dp_do),
+        run(setup, "dp2_distopt_overlap", "packed", *dp_do, "--overlap-param-gather"),
         # exact resume: 6 straight vs 3 + save + resume 3 (DP2 + distributed optimizer + warmup/decay)
         run(setup, "straight6", "packed", *dp_do, iters=6),
         run(setup, "first3", "packed", *dp_do, "--save", save, "--exit-interval", 3, iters=6),
         run(setup, "resumed", "packed", *dp_do, "--load", save, "--save", save, iters=6),
+        # the same first 3 steps with the parameter all-gather overlapped: its checkpoint must be the same
+        run(setup, "first3_overlap", "packed", *dp_do, "--overlap-param-gather", "--save", str(tmp / "overlap_ckpt"),
+            "--exit-interval", 3, iters=6),
     ])))
     out.update(run_all(tmp, 4, dict([
         # also with the SwiGLU output recomputed in the backward (released after fc2, under TP + SP + PP)
@@ -78,7 +83,7 @@ def losses(records):
 @pytest.mark.parametrize("name,reference", [
     ("tp2", "tp1"), ("pp2_vpp_mb2", "tp1"), ("tp2pp2_sp", "tp1"), ("cp2_mb2", "tp1"),
     ("cp2_unpacked", "tp1_unpacked"), ("tp2cp2_sp_unpacked", "tp1_unpacked"),
-    ("dp2_mb2", "tp1"), ("dp2_distopt", "tp1"), ("tp2pp2dp2_sp_distopt", "tp1"),
+    ("dp2_mb2", "tp1"), ("dp2_distopt", "tp1"), ("dp2_distopt_overlap", "tp1"), ("tp2pp2dp2_sp_distopt", "tp1"),
 ])
 def test_loss_curve_matches_tp1(curves, name, reference):
     ref, got = losses(curves[reference]), losses(curves[name])
@@ -101,3 +106,31 @@ def test_resume_is_bitwise_exact(curves):
     assert resumed == straight[3:], (straight, first, resumed)  # bitwise, not approximately
     assert [r["iteration"] for r in curves["resumed"]] == [4, 5, 6]
     assert [r["lr"] for r in curves["resumed"]] == [r["lr"] for r in curves["straight6"][3:]]
+
+
+@pytest.mark.timeout(900)
+def test_overlapped_param_gather_saves_the_updated_weights(setup, curves, tiny_4layer_dir):
+    """--overlap-param-gather leaves the last update's all-gather to the next forward; the checkpoint written
+    at step 3 must still hold every rank's updated shard: equal to the non-overlapped run's step-3 weights."""
+    import torch
+
+    from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
+    from megatron_autoalign.checkpoint.torch_dist import ensure_process_group
+    from megatron_autoalign.models import build_gpt_model, load_hf_config, transformer_config_from_hf
+
+    tmp = setup[0]
+    assert losses(curves["first3_overlap"]) == losses(curves["first3"])
+    ensure_process_group()
+    cfg = load_hf_config(tiny_4layer_dir)
+    weights = []
+    for root in (tmp / "resume_ckpt", tmp / "overlap_ckpt"):
+        model = build_gpt_model(cfg, transformer_config_from_hf(cfg, torch.float32))
+        load_megatron_checkpoint_weights([model], str(root / "iter_0000003"))
+        weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    initial = build_gpt_model(cfg, transformer_config_from_hf(cfg, torch.float32))
+    load_megatron_checkpoint_weights([initial], setup[1])
+    moved = 0
+    for name, want in weights[0].items():
+        assert torch.equal(weights[1][name], want), name
+        moved += not torch.equal(dict(initial.named_parameters())[name], want)
+    assert moved == len(weights[0])  # every tensor was updated by the 3 steps (so a stale shard would show)

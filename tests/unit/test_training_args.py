@@ -60,3 +60,9 @@ def test_recompute_swiglu_takes_all_or_a_layer_count():
     for bad in ("0", "-2", "half"):
         with pytest.raises(SystemExit):
             parse(base + ["--recompute-swiglu", bad])
+
+
+def test_overlap_param_gather_needs_the_distributed_optimizer():
+    assert _args("--use-distributed-optimizer", "--overlap-param-gather").overlap_param_gather
+    with pytest.raises(ArgumentError, match="--overlap-param-gather needs --use-distributed-optimizer"):
+        _args("--overlap-param-gather")
