@@ -10,6 +10,7 @@ throughput number for users comes from ``bench/bench_sft.py``, which runs the re
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -33,112 +34,126 @@ def hf_config_for(size_name: str) -> dict:
     }
 
 
+def training_args(args, world: int):
+    """The entry point's parsed arguments for this bench's shape, so that the model, DDP, optimizer and
+    optimizer step below are built by the same functions as in ``python -m megatron_autoalign.training.sft``."""
+    from megatron_autoalign.training import arguments
+
+    argv = ["--data-path", "unused", "--hf-config", "unused", "--use-distributed-optimizer", "--lr", "1e-5",
+            "--tensor-model-parallel-size", str(args.tp), "--micro-batch-size", str(args.micro_batch_size),
+            "--seq-length", str(args.seq_length)]
+    if torch.cuda.is_available():
+        argv.append("--bf16")
+    if args.tp > 1:
+        argv.append("--sequence-parallel")
+    if args.recompute_swiglu:
+        argv.append("--recompute-swiglu")
+    if args.no_grad_accum_fusion:
+        argv.append("--no-gradient-accumulation-fusion")
+    targs = arguments.finalize(arguments.build_parser().parse_args(argv), world)
+    targs.virtual_pipeline_model_parallel_size = None  # set by the Trainer from the layer counts
+    return targs
+
+
 def run_ours(args, hf_config: dict) -> dict:
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed import finalize_model_grads
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_autoalign.models import build_gpt_model, transformer_config_from_hf
+    from megatron_autoalign.models import attention, build_model_chunks, resolve_transformer_impl
     from megatron_autoalign.models.attention import PackedDocuments
     from megatron_autoalign.models.flops import peak_tflops, training_flops_per_token
-    from megatron_autoalign.runtime import init_distributed
-    from profile_breakdown import kernel_breakdown, top_kernels
-
-    init_distributed(args.tp, 1)
-    from megatron_autoalign.models import attention
-
-    attention.PACKED_KERNEL = args.packed_kernel
-    tconfig = transformer_config_from_hf(
-        hf_config, params_dtype=torch.bfloat16, tensor_model_parallel_size=args.tp,
-        sequence_parallel=args.tp > 1,
+    from megatron_autoalign.runtime import device, init_distributed
+    from megatron_autoalign.training.loop import (
+        build_optimizer, build_transformer_config, optimizer_step, wire_schedule_hooks, wrap_ddp,
     )
-    tconfig.finalize_model_grads_func = finalize_model_grads
-    if not args.no_grad_accum_fusion:
-        from megatron_autoalign.runtime.wgrad_fusion import enable_gradient_accumulation_fusion
 
-        tconfig.gradient_accumulation_fusion = enable_gradient_accumulation_fusion()
+    cuda = torch.cuda.is_available()
+    init_distributed(args.tp, 1)
+    world = torch.distributed.get_world_size()
+    targs = training_args(args, world)
+    attention.PACKED_KERNEL = args.packed_kernel
+    tconfig = build_transformer_config(targs, hf_config)
     for field in args.disable:
         setattr(tconfig, field, False)
     if args.recompute_modules:
         tconfig.recompute_granularity = "selective"
         tconfig.recompute_modules = args.recompute_modules
-    model = build_gpt_model(hf_config, tconfig, fused_linear_cross_entropy=not args.unfused_loss,
-                            recompute_activation=args.recompute_swiglu).cuda()
-    ddp = DistributedDataParallel(
-        tconfig, DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=True,
-                                               use_distributed_optimizer=True), model
-    )
-    optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=1e-5, bf16=True, params_dtype=torch.bfloat16, clip_grad=1.0,
-                        use_distributed_optimizer=True),
-        [ddp],
-    )
-    from megatron_autoalign.runtime.optimizer_fallbacks import enable_fused_adam, use_foreach_multi_tensor_ops
+    dev = device()
+    chunks = [c.to(dev) for c in build_model_chunks(
+        hf_config, tconfig, resolve_transformer_impl(targs.transformer_impl),
+        recompute_activation=targs.recompute_swiglu, fused_linear_cross_entropy=not args.unfused_loss)]
+    ddp = wrap_ddp(targs, tconfig, chunks)
+    optimizer = build_optimizer(targs, ddp)
+    wire_schedule_hooks(targs, tconfig, ddp, optimizer)
 
-    if not args.no_fused_adam:
-        enable_fused_adam(optimizer)
-    if not args.local_multi_tensor:
-        use_foreach_multi_tensor_ops()
     seq, mbs = args.seq_length, args.micro_batch_size
-    tokens = torch.randint(0, 151643, (mbs, seq + 1), device="cuda")
-    positions = torch.arange(seq, device="cuda").expand(mbs, seq)
+    vocab = min(151643, hf_config["vocab_size"])
+    tokens = torch.randint(0, vocab, (mbs, seq + 1), device=dev)
+    positions = torch.arange(seq, device=dev).expand(mbs, seq)
     bounds = tuple(torch.linspace(0, seq * mbs, args.packed_docs * mbs + 1).long().tolist())
+    losses = []
 
     def forward_step(_, m):
         inp, lab, pos = tokens[:, :-1], tokens[:, 1:], positions
         packed = None
         if args.packed_docs > 1:
-            # Same boundaries every step, so the attention builds its document layout and block mask once;
-            # training batches with other boundaries rebuild them once per micro-batch.
-            cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
+            # Same boundaries every step, so the attention builds its document layout once; training
+            # batches with other boundaries rebuild it once per micro-batch (the entry-point bench has that).
+            cu = torch.tensor(bounds, dtype=torch.int32, device=dev)
             packed = PackedDocuments(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=seq,
                                      max_seqlen_kv=seq, boundaries=bounds)
             inp, lab, pos = inp.reshape(1, -1), lab.reshape(1, -1), pos.reshape(1, -1)
         out = m(inp, pos, None, labels=lab, packed_seq_params=packed)
 
-        def loss_func(per_token):
-            loss = per_token.float().mean()
-            return loss, {"loss": loss.detach()}
+        def loss_func(per_token):  # the training loop's per-token contract: (sum, count, metrics)
+            loss_sum, count = per_token.float().sum(), torch.tensor(per_token.numel(), device=dev, dtype=torch.int)
+            return loss_sum, count, {"loss": torch.stack([loss_sum.detach(), count.detach().float()])}
 
         return out, loss_func
 
     def step():
-        ddp.zero_grad_buffer()
+        for m in ddp:
+            m.zero_grad_buffer()
         optimizer.zero_grad()
-        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=None, model=[ddp],
-                                    num_microbatches=1, seq_length=seq, micro_batch_size=mbs,
-                                    forward_only=False)
-        optimizer.step()
+        outputs = get_forward_backward_func()(forward_step_func=forward_step, data_iterator=None, model=ddp,
+                                              num_microbatches=1, seq_length=seq, micro_batch_size=mbs,
+                                              forward_only=False)
+        optimizer_step(optimizer, targs.clip_grad)
+        losses.append(outputs)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
     for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize()
-    static_gb = torch.cuda.memory_allocated() / 1e9  # params, grads, optimizer state between steps
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    static_gb = torch.cuda.memory_allocated() / 1e9 if cuda else 0.0  # params, grads, optimizer state
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    torch.cuda.synchronize()
+    sync()
     elapsed = time.perf_counter() - start
-    world = torch.distributed.get_world_size()
     tokens_per_s = args.steps * mbs * seq * (world // args.tp) / elapsed
     tflops = tokens_per_s * training_flops_per_token(hf_config, seq) / 1e12 / world
-    peak = peak_tflops(torch.cuda.get_device_name())
+    peak = peak_tflops(torch.cuda.get_device_name()) if cuda else None
+    last = losses[-1][0]["loss"] if losses[-1] else None  # on the last pipeline stage
     result = {
         "system": f"ours_local_spec_tp{args.tp}" + (f"_packed{args.packed_docs}" if args.packed_docs > 1 else "")
-        + ("_unfusedloss" if args.unfused_loss else "") + ("_foreachadam" if args.no_fused_adam else "")
-        + ("_localmultitensor" if args.local_multi_tensor else "")
+        + ("_unfusedloss" if args.unfused_loss else "")
         + ("_no-wgrad-fusion" if args.no_grad_accum_fusion else "")
         + (f"_{args.packed_kernel}" if args.packed_kernel != "auto" else "") + ("_recompute-swiglu" if args.recompute_swiglu else "")
         + "".join(f"_no-{f}" for f in args.disable)
         + "".join(f"_recompute-{m}" for m in args.recompute_modules),
         "tokens_per_s": tokens_per_s, "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
-        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0,
         "static_memory_gb": static_gb,
         "step_ms": 1000 * elapsed / args.steps,
+        "last_loss": float(last[0] / last[1]) if last is not None else None,
     }
-    if args.profile:
+    if args.profile and cuda:
+        from profile_breakdown import kernel_breakdown, top_kernels
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -149,10 +164,8 @@ def run_ours(args, hf_config: dict) -> dict:
         # Device time is summed over kernels; the rest of the step the GPU waited for the host.
         result["gpu_idle_ms_per_step"] = round(result["step_ms"] - result["breakdown_ms_per_step"]["total"], 2)
         result["top_kernels_ms_per_step"] = top_kernels(prof, 2)
-    if args.host_profile:
+    if args.host_profile and cuda:
         result["host"] = host_profile(step)
-    del ddp, model, optimizer
-    torch.cuda.empty_cache()
     return result
 
 
@@ -197,6 +210,7 @@ def host_profile(step) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-size", default="1.5B")
+    parser.add_argument("--hf-config", default=None, help="a config.json (or its folder) instead of --model-size")
     parser.add_argument("--seq-length", type=int, default=8192)
     parser.add_argument("--micro-batch-size", type=int, default=1)
     parser.add_argument("--tp", type=int, default=1)
@@ -206,9 +220,6 @@ def main():
     parser.add_argument("--peer", action="store_true", help="also run the HF transformers peer")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--host-profile", action="store_true", help="list host syncs and CPU-heavy ops")
-    parser.add_argument("--no-fused-adam", action="store_true")
-    parser.add_argument("--local-multi-tensor", action="store_true",
-                        help="keep megatron's per-tensor (host-synchronising) grad-norm / scale stand-ins")
     parser.add_argument("--packed-kernel", choices=("auto", "flex"), default="auto",
                         help="packed rows: varlen flash attention where available (auto) or FlexAttention")
     parser.add_argument("--no-grad-accum-fusion", action="store_true",
@@ -220,15 +231,25 @@ def main():
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    hf_config = hf_config_for(args.model_size)
+    if args.hf_config:
+        from megatron_autoalign.models import load_hf_config
+
+        hf_config = load_hf_config(args.hf_config)
+    else:
+        hf_config = hf_config_for(args.model_size)
     results = [run_ours(args, hf_config)]
+    gc.collect()  # our model, DDP buffers and optimizer state (reference cycles) go before the peer runs
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     rank = torch.distributed.get_rank()
-    if args.peer and rank == 0:
+    if args.peer and rank == 0 and torch.cuda.is_available():
         from hf_peer import run_hf_peer
 
         results.append(run_hf_peer(hf_config, args.seq_length, args.micro_batch_size, args.steps, args.warmup))
     if rank == 0:
-        print(f"\n{args.model_size} seq {args.seq_length} mbs {args.micro_batch_size} on {torch.cuda.get_device_name()}")
+        where = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+        shape = args.hf_config or args.model_size
+        print(f"\n{shape} seq {args.seq_length} mbs {args.micro_batch_size} on {where}")
         print(f"{'system':60s} {'tokens/s':>10s} {'MFU':>6s} {'peak GB':>8s} {'static GB':>9s}")
         for r in results:
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"

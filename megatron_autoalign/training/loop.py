@@ -109,6 +109,21 @@ def build_optimizer(args, ddp_chunks):
     return optimizer
 
 
+def wire_schedule_hooks(args, config, ddp_chunks, optimizer) -> None:
+    """What megatron's forward/backward schedule calls back into: grad finalisation, loss scaling, and
+    the DDP chunks' no-sync / grad-sync entry points."""
+    from megatron.core.distributed import finalize_model_grads
+
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+    config.no_sync_func = [m.no_sync for m in ddp_chunks] if len(ddp_chunks) > 1 else ddp_chunks[0].no_sync
+    if overlap_grad_reduce(args):
+        # Interleaved PP starts each chunk's reduction as soon as its last micro-batch is done.
+        config.grad_sync_func = (
+            [m.start_grad_sync for m in ddp_chunks] if len(ddp_chunks) > 1 else ddp_chunks[0].start_grad_sync
+        )
+
+
 def build_scheduler(args, optimizer):
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -222,7 +237,7 @@ class Trainer:
         self.model = wrap_ddp(args, self.config, self.chunks)
         self.optimizer = build_optimizer(args, self.model)
         self.scheduler = build_scheduler(args, self.optimizer)
-        self._wire_config()
+        wire_schedule_hooks(args, self.config, self.model, self.optimizer)
         self.state = {"consumed_samples": 0, "skipped_steps": 0}
         self.iteration = 0
         self._load()
@@ -253,17 +268,6 @@ class Trainer:
             a.lr_decay_iters = a.train_iters
         if a.lr_warmup_fraction is None and a.lr_warmup_iters >= a.lr_decay_iters > 0 and a.lr_decay_style != "constant":
             raise arguments.ArgumentError(f"--lr-warmup-iters {a.lr_warmup_iters} must be smaller than the decay iterations {a.lr_decay_iters}")
-
-    def _wire_config(self):
-        from megatron.core.distributed import finalize_model_grads
-
-        c = self.config
-        c.finalize_model_grads_func = finalize_model_grads
-        c.grad_scale_func = self.optimizer.scale_loss
-        c.no_sync_func = [m.no_sync for m in self.model] if len(self.model) > 1 else self.model[0].no_sync
-        if overlap_grad_reduce(self.args):
-            # Interleaved PP starts each chunk's reduction as soon as its last micro-batch is done.
-            c.grad_sync_func = [m.start_grad_sync for m in self.model] if len(self.model) > 1 else self.model[0].start_grad_sync
 
     def _load(self):
         from .checkpointing import has_resumable_checkpoint, load_checkpoint
