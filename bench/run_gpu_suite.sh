@@ -18,10 +18,16 @@ for what in "$@"; do
   case $what in
     tests) python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-tests/gpu} 2>&1 | tail -15 ;;
     sft1) python3 bench/bench_sft.py --model-size 1.5B --seq-length 8192 --gpus 1 --peer \
-            --json "$OUT/sft_1p5b_1gpu.json" > "$OUT/sft_1p5b_1gpu.log" 2>&1; grep -A6 "^1.5B seq" "$OUT/sft_1p5b_1gpu.log" ;;
+            --json "$OUT/sft_1p5b_1gpu.json" > "$OUT/sft_1p5b_1gpu.log" 2>&1; grep -A6 "^1.5B seq" "$OUT/sft_1p5b_1gpu.log"
+          # the configuration under 45 GB: SwiGLU output recomputed in the first 14 of 28 layers
+          python3 bench/bench_sft.py --model-size 1.5B --seq-length 8192 --gpus 1 --extra="--recompute-swiglu 14" \
+            --json "$OUT/sft_1p5b_1gpu_rs14.json" > "$OUT/sft_1p5b_1gpu_rs14.log" 2>&1; grep -A3 "^1.5B seq" "$OUT/sft_1p5b_1gpu_rs14.log" | tail -1 ;;
     scaling) for g in 2 4; do [ "$g" -le "$NGPU" ] || continue
-            python3 bench/bench_sft.py --model-size 1.5B --seq-length 8192 --gpus $g \
-              --json "$OUT/sft_1p5b_${g}gpu.json" > "$OUT/sft_1p5b_${g}gpu.log" 2>&1; grep -A4 "^1.5B seq" "$OUT/sft_1p5b_${g}gpu.log"; done ;;
+            for extra in "" "--overlap-param-gather"; do
+              tag=${extra:+_overlap}
+              python3 bench/bench_sft.py --model-size 1.5B --seq-length 8192 --gpus $g --extra="$extra" \
+                --json "$OUT/sft_1p5b_${g}gpu$tag.json" > "$OUT/sft_1p5b_${g}gpu$tag.log" 2>&1
+              grep -A3 "^1.5B seq" "$OUT/sft_1p5b_${g}gpu$tag.log" | tail -1; done; done ;;
     7b) python3 bench/bench_sft.py --model-size 7B --seq-length 8192 --gpus 4 --tp 2 --steps 5 --warmup 2 \
             --json "$OUT/sft_7b_4gpu.json" > "$OUT/sft_7b_4gpu.log" 2>&1; grep -A4 "^7B seq" "$OUT/sft_7b_4gpu.log" || tail -20 "$OUT/sft_7b_4gpu.log" ;;
     upstream) bash bench/upstream_layout.sh "$OUT" ;;
