@@ -71,6 +71,8 @@ def curves(setup):
     out.update(run_all(tmp, 8, dict([
         run(setup, "tp2pp2dp2_sp_distopt", "packed", "--tensor-model-parallel-size", 2,
             "--pipeline-model-parallel-size", 2, "--sequence-parallel", *dp_do),
+        run(setup, "tp2pp2dp2_sp_distopt_overlap", "packed", "--tensor-model-parallel-size", 2,
+            "--pipeline-model-parallel-size", 2, "--sequence-parallel", *dp_do, "--overlap-param-gather"),
     ])))
     return out
 
@@ -84,6 +86,7 @@ def losses(records):
     ("tp2", "tp1"), ("pp2_vpp_mb2", "tp1"), ("tp2pp2_sp", "tp1"), ("cp2_mb2", "tp1"),
     ("cp2_unpacked", "tp1_unpacked"), ("tp2cp2_sp_unpacked", "tp1_unpacked"),
     ("dp2_mb2", "tp1"), ("dp2_distopt", "tp1"), ("dp2_distopt_overlap", "tp1"), ("tp2pp2dp2_sp_distopt", "tp1"),
+    ("tp2pp2dp2_sp_distopt_overlap", "tp1"),
 ])
 def test_loss_curve_matches_tp1(curves, name, reference):
     ref, got = losses(curves[reference]), losses(curves[name])
