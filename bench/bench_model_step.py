@@ -90,7 +90,7 @@ def run_ours(args, hf_config: dict) -> dict:
     tokens = torch.randint(0, vocab, (mbs, seq + 1), device=dev)
     positions = torch.arange(seq, device=dev).expand(mbs, seq)
     bounds = tuple(torch.linspace(0, seq * mbs, args.packed_docs * mbs + 1).long().tolist())
-    losses = []
+    step_outputs = []  # per step: the schedule's per-micro-batch metrics (last pipeline stage)
 
     def forward_step(_, m):
         inp, lab, pos = tokens[:, :-1], tokens[:, 1:], positions
@@ -118,7 +118,7 @@ def run_ours(args, hf_config: dict) -> dict:
                                               num_microbatches=1, seq_length=seq, micro_batch_size=mbs,
                                               forward_only=False)
         optimizer_step(optimizer, targs.clip_grad)
-        losses.append(outputs)
+        step_outputs.append(outputs)
 
     def sync():
         if cuda:
@@ -138,7 +138,7 @@ def run_ours(args, hf_config: dict) -> dict:
     tokens_per_s = args.steps * mbs * seq * (world // args.tp) / elapsed
     tflops = tokens_per_s * training_flops_per_token(hf_config, seq) / 1e12 / world
     peak = peak_tflops(torch.cuda.get_device_name()) if cuda else None
-    last = losses[-1][0]["loss"] if losses[-1] else None  # on the last pipeline stage
+    last = step_outputs[-1][0]["loss"] if step_outputs[-1] else None
     result = {
         "system": f"ours_local_spec_tp{args.tp}" + (f"_packed{args.packed_docs}" if args.packed_docs > 1 else "")
         + ("_unfusedloss" if args.unfused_loss else "")

@@ -129,21 +129,12 @@ def _varlen_causal():
         causal = {"is_causal": True}
     else:
         return None
+    # The flash kernel handles grouped K/V heads itself (no copies of k and v kept for the backward);
+    # newer wrappers want that confirmed with ``enable_gqa``, older ones pass the heads through.
     gqa = {"enable_gqa": True} if "enable_gqa" in params else {}
-    expand_kv = []  # set once a torch version refuses fewer key/value heads than query heads
 
     def run(q, k, v, cu, max_len, scale):
-        if q.shape[1] != k.shape[1] and not expand_kv:
-            # The flash kernel handles grouped KV heads itself (no copies of k and v kept for backward);
-            # the wrappers without ``enable_gqa`` pass them through, or reject them with a shape check.
-            try:
-                return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal, **gqa)
-            except (ValueError, RuntimeError):
-                expand_kv.append(True)
-        if q.shape[1] != k.shape[1]:
-            groups = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal)
+        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal, **gqa)
 
     return run
 

@@ -45,9 +45,7 @@ class TorchWgradAccumulation:
     def wgrad_gemm_accum_fp32(total_input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor):
         accumulate_matmul(main_grad, grad_output.t(), total_input)
 
-    @staticmethod
-    def wgrad_gemm_accum_fp16(total_input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor):
-        accumulate_matmul(main_grad, grad_output.t(), total_input)
+    wgrad_gemm_accum_fp16 = wgrad_gemm_accum_fp32  # bf16/fp16 main grads: the same call
 
 
 def enable_gradient_accumulation_fusion() -> bool:

@@ -22,8 +22,8 @@ class SFTTask(Task):
 
         data = train_valid_datasets(self.args, SFTDataset)
         ctx.manifest = self.manifest = data.manifest
-        self.seq_len = sequence_length(self.args, self.manifest)
-        self.layout = row_layout(self.args, self.manifest, self.seq_len, data.max_docs, data.packed)
+        seq = sequence_length(self.args, self.manifest)
+        self.layout = row_layout(self.args, self.manifest, seq, data.max_docs, data.packed)
         return data.train, data.valid
 
     def check(self, ctx: TaskContext) -> None:
