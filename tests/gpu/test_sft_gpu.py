@@ -1,7 +1,12 @@
 """On GPU: our SFT loop on a Qwen2.5-0.5B-shaped model (random weights saved through HF and converted,
-bf16, packed seq 1024) on 1 GPU and on 2 GPUs (TP2, and DP2 with the distributed optimizer).
-Losses must be finite and the first-step losses must agree (bf16: 2e-2); the loss must move.
-Skipped without CUDA; launches torchrun itself. Run: `pytest tests/gpu/test_sft_gpu.py -v -s`.
+packed seq 1024) on 1 GPU and on 2 GPUs (TP2 with SP, and DP2 with the distributed optimizer), 4 steps.
+
+The single-GPU run is the reference for the 2-GPU layouts, at every step (later steps include the effect of
+the optimizer updates, so a wrong gradient reduction shows up there even when step 1 agrees):
+- fp32 (TF32 stays off, torch's default): loss within 2e-4 absolute, grad norm within 1e-3 relative;
+- bf16: loss within 5e-2 absolute, grad norm within 5% relative (bf16 rounding of different reduction orders).
+Losses must be finite and the loss must move. Skipped without CUDA; launches torchrun itself.
+Run: `pytest tests/gpu/test_sft_gpu.py -v -s`.
 """
 
 
@@ -35,26 +40,33 @@ def setup(tmp_path_factory):
 
 def _args(setup, name, *extra):
     tmp, mg, data = setup
-    return name, ["--data-path", data, "--pretrained-checkpoint", mg, "--model-size", "0.5B", "--bf16",
+    return name, ["--data-path", data, "--pretrained-checkpoint", mg, "--model-size", "0.5B",
                   "--seq-length", "1024", "--micro-batch-size", "1", "--global-batch-size", "4",
                   "--train-iters", str(STEPS), "--lr", "1e-4", "--log-interval", "1",
                   "--log-json", str(tmp / f"{name}.jsonl"), *map(str, extra)]
 
 
-def test_sft_bf16_one_and_two_gpus(setup):
+@pytest.mark.parametrize("dtype,loss_tol,gn_rtol", [("bf16", 5e-2, 5e-2), ("fp32", 2e-4, 1e-3)])
+def test_sft_one_and_two_gpus(setup, dtype, loss_tol, gn_rtol):
     tmp = setup[0]
-    curves = run_all(tmp, 1, dict([_args(setup, "gpu1")]))
+    flag = ["--bf16"] if dtype == "bf16" else []
+    curves = run_all(tmp, 1, dict([_args(setup, f"gpu1_{dtype}", *flag)]))
     if torch.cuda.device_count() >= 2:
         curves.update(run_all(tmp, 2, dict([
-            _args(setup, "tp2", "--tensor-model-parallel-size", 2, "--sequence-parallel"),
-            _args(setup, "dp2", "--use-distributed-optimizer"),
+            _args(setup, f"tp2_{dtype}", *flag, "--tensor-model-parallel-size", 2, "--sequence-parallel"),
+            _args(setup, f"dp2_{dtype}", *flag, "--use-distributed-optimizer"),
         ])))
     for name, recs in curves.items():
         losses = [r["loss"] for r in recs]
-        print(name, losses, [round(r.get("tokens_per_s", 0)) for r in recs], [r.get("mfu") for r in recs])
+        print(name, "loss", losses, "grad norm", [r["grad_norm"] for r in recs],
+              "tokens/s", [round(r.get("tokens_per_s", 0)) for r in recs])
         assert len(losses) == STEPS and all(torch.isfinite(torch.tensor(losses))), (name, losses)
         assert 5.0 < losses[0] < 14.0
-        assert losses[-1] != losses[0]
-    for name in ("tp2", "dp2"):
-        if name in curves:
-            assert abs(curves[name][0]["loss"] - curves["gpu1"][0]["loss"]) < 2e-2, curves
+        assert losses[-1] < losses[0] - 0.1, (name, losses)
+    ref = curves[f"gpu1_{dtype}"]
+    for name in (f"tp2_{dtype}", f"dp2_{dtype}"):
+        if name not in curves:
+            continue
+        for step, (r, q) in enumerate(zip(ref, curves[name]), 1):
+            assert abs(q["loss"] - r["loss"]) <= loss_tol, (name, step, q["loss"], r["loss"])
+            assert abs(q["grad_norm"] - r["grad_norm"]) <= gn_rtol * r["grad_norm"], (name, step, q["grad_norm"], r["grad_norm"])
