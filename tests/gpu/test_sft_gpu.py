@@ -4,8 +4,10 @@ packed seq 1024) on 1 GPU and on 2 GPUs (TP2 with SP, and DP2 with the distribut
 The single-GPU run is the reference for the 2-GPU layouts, at every step (later steps include the effect of
 the optimizer updates, so a wrong gradient reduction shows up there even when step 1 agrees):
 - fp32 (TF32 stays off, torch's default): loss within 2e-4 absolute, grad norm within 1e-3 relative;
-- bf16: loss within 5e-2 absolute, grad norm within 5% relative (bf16 rounding of different reduction orders).
-Losses must be finite and the loss must move. Skipped without CUDA; launches torchrun itself.
+- bf16: loss within 2e-2 absolute, grad norm within 2% relative (bf16 rounding of different reduction orders;
+  the 1-GPU bf16 and fp32 runs differ by < 4e-4 in loss and < 0.3% in grad norm on an H200).
+The data are random tokens, so the loss stays near ln(vocab) ≈ 12; it must be finite and must move.
+Skipped without CUDA; launches torchrun itself.
 Run: `pytest tests/gpu/test_sft_gpu.py -v -s`.
 """
 
@@ -46,7 +48,7 @@ def _args(setup, name, *extra):
                   "--log-json", str(tmp / f"{name}.jsonl"), *map(str, extra)]
 
 
-@pytest.mark.parametrize("dtype,loss_tol,gn_rtol", [("bf16", 5e-2, 5e-2), ("fp32", 2e-4, 1e-3)])
+@pytest.mark.parametrize("dtype,loss_tol,gn_rtol", [("bf16", 2e-2, 2e-2), ("fp32", 2e-4, 1e-3)])
 def test_sft_one_and_two_gpus(setup, dtype, loss_tol, gn_rtol):
     tmp = setup[0]
     flag = ["--bf16"] if dtype == "bf16" else []
@@ -57,12 +59,13 @@ def test_sft_one_and_two_gpus(setup, dtype, loss_tol, gn_rtol):
             _args(setup, f"dp2_{dtype}", *flag, "--use-distributed-optimizer"),
         ])))
     for name, recs in curves.items():
-        losses = [r["loss"] for r in recs]
-        print(name, "loss", losses, "grad norm", [r["grad_norm"] for r in recs],
+        print(name, "loss", [r["loss"] for r in recs], "grad norm", [r["grad_norm"] for r in recs],
               "tokens/s", [round(r.get("tokens_per_s", 0)) for r in recs])
+    for name, recs in curves.items():
+        losses = [r["loss"] for r in recs]
         assert len(losses) == STEPS and all(torch.isfinite(torch.tensor(losses))), (name, losses)
         assert 5.0 < losses[0] < 14.0
-        assert losses[-1] < losses[0] - 0.1, (name, losses)
+        assert losses[-1] != losses[0], (name, losses)
     ref = curves[f"gpu1_{dtype}"]
     for name in (f"tp2_{dtype}", f"dp2_{dtype}"):
         if name not in curves:
