@@ -5,6 +5,8 @@
 #   bash bench/run_gpu_suite.sh scaling    # 1.5B seq 8192 data-parallel 2 and 4 GPUs
 #   bash bench/run_gpu_suite.sh 7b         # 7B seq 8192 on 4 GPUs (TP2 x DP2, SP, distributed optimizer)
 #   bash bench/run_gpu_suite.sh upstream   # the upstream sft_conv.sh layout TP2 x PP2 (x DP) vs TP1 PP1
+#   bash bench/run_gpu_suite.sh summary    # one table over every JSON in OUT (bench/summarize.py)
+# REPEAT=N runs each bench_sft configuration (sft1, scaling, 7b) N times (the step is host-bound: runs spread by up to 20%).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,23 +16,31 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 NGPU=$(python3 -c "import torch; print(torch.cuda.device_count())")
 
+REPEAT=${REPEAT:-1}
+
+# bench_sft.py NAME ARGS...: one run, JSON and log under OUT (NAME gets the repeat index when REPEAT > 1).
+sft() {
+  local name=$1; shift
+  for r in $(seq 1 "$REPEAT"); do
+    local tag=$name; [ "$REPEAT" -gt 1 ] && tag=${name}_r$r
+    python3 bench/bench_sft.py "$@" --json "$OUT/$tag.json" > "$OUT/$tag.log" 2>&1
+    grep -E "^(ours_|hf_|ratio)" "$OUT/$tag.log" || tail -20 "$OUT/$tag.log"
+  done
+}
+
 for what in "$@"; do
   case $what in
     tests) python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-tests/gpu} 2>&1 | tail -15 ;;
-    sft1) python3 bench/bench_sft.py --model-size 1.5B --seq-length 8192 --gpus 1 --peer \
-            --json "$OUT/sft_1p5b_1gpu.json" > "$OUT/sft_1p5b_1gpu.log" 2>&1; grep -A6 "^1.5B seq" "$OUT/sft_1p5b_1gpu.log"
+    sft1) sft sft_1p5b_1gpu --model-size 1.5B --seq-length 8192 --gpus 1 --peer
           # the configuration under 45 GB: SwiGLU output recomputed in the first 14 of 28 layers
-          python3 bench/bench_sft.py --model-size 1.5B --seq-length 8192 --gpus 1 --extra="--recompute-swiglu 14" \
-            --json "$OUT/sft_1p5b_1gpu_rs14.json" > "$OUT/sft_1p5b_1gpu_rs14.log" 2>&1; grep -A3 "^1.5B seq" "$OUT/sft_1p5b_1gpu_rs14.log" | tail -1 ;;
+          sft sft_1p5b_1gpu_rs14 --model-size 1.5B --seq-length 8192 --gpus 1 --extra="--recompute-swiglu 14" ;;
     scaling) for g in 2 4; do [ "$g" -le "$NGPU" ] || continue
-            for extra in "" "--overlap-param-gather"; do
-              tag=${extra:+_overlap}
-              python3 bench/bench_sft.py --model-size 1.5B --seq-length 8192 --gpus $g --extra="$extra" \
-                --json "$OUT/sft_1p5b_${g}gpu$tag.json" > "$OUT/sft_1p5b_${g}gpu$tag.log" 2>&1
-              grep -A3 "^1.5B seq" "$OUT/sft_1p5b_${g}gpu$tag.log" | tail -1; done; done ;;
-    7b) python3 bench/bench_sft.py --model-size 7B --seq-length 8192 --gpus 4 --tp 2 --steps 5 --warmup 2 \
-            --json "$OUT/sft_7b_4gpu.json" > "$OUT/sft_7b_4gpu.log" 2>&1; grep -A4 "^7B seq" "$OUT/sft_7b_4gpu.log" || tail -20 "$OUT/sft_7b_4gpu.log" ;;
+            sft sft_1p5b_${g}gpu --model-size 1.5B --seq-length 8192 --gpus $g
+            sft sft_1p5b_${g}gpu_overlap --model-size 1.5B --seq-length 8192 --gpus $g --extra=--overlap-param-gather
+          done ;;
+    7b) sft sft_7b_4gpu --model-size 7B --seq-length 8192 --gpus 4 --tp 2 --steps 5 --warmup 2 ;;
     upstream) bash bench/upstream_layout.sh "$OUT" ;;
+    summary) python3 bench/summarize.py "$OUT" | sed '/^\[/,$d' ;;
     *) echo "unknown: $what" >&2 ;;
   esac
 done

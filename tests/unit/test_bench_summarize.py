@@ -1,0 +1,72 @@
+"""bench/summarize.py: repeats grouped by system and shape, ratio to the peer and data-parallel efficiency
+worked out by hand from made-up bench_sft JSON files; other JSON files skipped and named."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
+sys.path.insert(0, BENCH)
+from summarize import load_rows, summarize  # noqa: E402
+
+PEER = "hf_transformers_sdpa_fp32params_bf16autocast_fusedadamw"
+
+
+def _write(folder, name, gpus, results, extra="", tp=1, size="1.5B"):
+    args = {"model_size": size, "seq_length": 8192, "micro_batch_size": 1, "gpus": gpus, "tp": tp, "pp": 1,
+            "extra": extra}
+    (folder / name).write_text(json.dumps({"gpu": "test", "args": args, "results": results}))
+
+
+def _ours(system, tps, gpus=1, mem=40.0):
+    return {"system": system, "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / gpus, "mfu": 0.5,
+            "peak_memory_gb": mem}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    _write(tmp_path, "a.json", 1, [_ours("ours_1", 45000.0), {"system": PEER, "tokens_per_s": 30000.0,
+                                                              "mfu": 0.3, "peak_memory_gb": 64.0}])
+    _write(tmp_path, "b.json", 1, [_ours("ours_1", 39000.0), {"system": PEER, "tokens_per_s": 29000.0,
+                                                              "mfu": 0.3, "peak_memory_gb": 64.0}])
+    _write(tmp_path, "c.json", 1, [_ours("ours_1", 48000.0, mem=46.6)])
+    _write(tmp_path, "d.json", 2, [_ours("ours_2", 88000.0, gpus=2)])
+    _write(tmp_path, "e.json", 2, [_ours("ours_2_overlap", 80000.0, gpus=2)], extra="--overlap-param-gather")
+    _write(tmp_path, "f.json", 2, [_ours("ours_tp2", 20000.0, gpus=2)], tp=2)
+    _write(tmp_path, "g.json", 2, [_ours("ours_2", 10000.0, gpus=2)], size="7B")
+    (tmp_path / "step.json").write_text(json.dumps({"tokens_per_s": 1.0}))
+    (tmp_path / "broken.json").write_text("{")
+    return tmp_path
+
+
+def test_groups_ratios_and_efficiency(folder):
+    rows, skipped = load_rows(str(folder))
+    assert sorted(skipped) == ["broken.json", "step.json"]
+    table = {(r["shape"].split()[0], r["system"]): r for r in summarize(rows)}
+    one = table[("1.5B", "ours_1")]
+    assert (one["runs"], one["tokens_per_s_per_gpu_median"], one["min"], one["max"]) == (3, 45000.0, 39000.0, 48000.0)
+    assert one["peak_memory_gb"] == 46.6
+    assert one["ratio_to_peer"] == pytest.approx(45000.0 / 29500.0)  # median of the two peer runs
+    two = table[("1.5B", "ours_2")]
+    assert two["per_gpu_efficiency"] == pytest.approx(44000.0 / 45000.0)
+    overlap = table[("1.5B", "ours_2_overlap")]  # no 1-GPU run with its flag: compared with the plain one
+    assert overlap["per_gpu_efficiency"] == pytest.approx(40000.0 / 45000.0)
+    assert overlap["efficiency_base_extra"] == ""
+    assert "per_gpu_efficiency" not in table[("1.5B", "ours_tp2")]  # tensor parallel is not DP scaling
+    seven = table[("7B", "ours_2")]  # other shape: neither the 1.5B peer nor the 1.5B single-GPU run apply
+    assert "ratio_to_peer" not in seven and "per_gpu_efficiency" not in seven
+
+
+def test_cli_prints_table_and_names_skips(folder):
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "summarize.py"), str(folder)], check=True,
+                         capture_output=True, text=True).stdout
+    assert "skipped 2 JSON file(s)" in out and "1.53x" in out and "97.8%" in out
+
+
+def test_cli_rejects_a_folder_without_results(tmp_path):
+    p = subprocess.run([sys.executable, os.path.join(BENCH, "summarize.py"), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "no bench_sft JSON results" in p.stderr
