@@ -8,6 +8,7 @@ NaN/inf check on the global grad norm -> clip -> optimizer step -> LR schedule -
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from megatron_autoalign.runtime.wgrad_fusion import enable_gradient_accumulation
 
 from . import arguments
 from .data_order import SampleOrder, microbatch_indices
+from .deferred import DeferredScalars
 from .task import Task, TaskContext
 
 EXIT_CONFIG_ERROR = 2
@@ -253,6 +255,10 @@ class Trainer:
         self.dp_cp_group = ps.get_data_parallel_group(with_context_parallel=True)
         self.device = device()
         self._stop = False
+        self._pending_log = None  # (DeferredScalars, host values) of a log point not printed yet
+        # The SIGTERM flag is agreed on over a CPU group: a GPU all-reduce read back with .item() every
+        # step would make the host wait for the optimizer update before it launches the next forward.
+        self._stop_group = dist.new_group(backend="gloo") if dist.get_world_size() > 1 else None
         self.writer = None
         if args.tensorboard_dir and is_last_rank():
             from torch.utils.tensorboard import SummaryWriter
@@ -313,8 +319,26 @@ class Trainer:
 
     # -- main
     def train(self):
+        try:
+            self._train()
+        except BaseException:
+            try:  # best effort: print the last logged step too; the original error is the one that matters
+                self._flush_log()
+            except Exception:
+                pass
+            raise
+        finally:
+            gc.unfreeze()  # _train froze the set-up objects; a later run in this process starts clean
+        self._flush_log()
+
+    def _train(self):
         a = self.args
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        # The model, optimizer and compiled kernels are hundreds of thousands of long-lived Python objects.
+        # Frozen, they are no longer traversed by every full garbage collection, each of which would
+        # otherwise stall one training step (the step is limited by the host).
+        gc.collect()
+        gc.freeze()
         gbs = a.global_batch_size
         acc, tokens, t0, interval_steps, last_gn = None, 0, time.time(), 0, float("nan")
         start_iteration = self.iteration
@@ -336,6 +360,7 @@ class Trainer:
             if self.iteration + 1 < a.train_iters:
                 batches = self._batches(self.train_ds, self.order.indices(self.state["consumed_samples"] + gbs, gbs))
             stepped, grad_norm = optimizer_step(self.optimizer, a.clip_grad)
+            self._flush_log()  # the grad-norm check waited for this step's backward: the last line's values are in
             self.iteration += 1
             self.state["consumed_samples"] += gbs
             if stepped:
@@ -361,6 +386,7 @@ class Trainer:
                            or (a.save_interval and self.iteration % a.save_interval == 0)):
                 self.save()
             if stop:
+                self._flush_log()
                 print_rank_0(f"stopping at iteration {self.iteration} ({'SIGTERM' if self._stop else '--exit-interval'})")
                 return
         if self.valid_ds is not None and not (a.eval_interval and self.iteration % a.eval_interval == 0):
@@ -368,9 +394,10 @@ class Trainer:
 
     def _should_stop(self, start_iteration: int) -> bool:
         # Every rank must agree, or ranks would leave the collective schedule at different steps.
-        flag = torch.tensor([1 if self._stop else 0], device=self.device)
-        dist.all_reduce(flag)
-        self._stop = bool(flag.item())
+        if self._stop_group is not None:
+            flag = torch.tensor([1 if self._stop else 0])
+            dist.all_reduce(flag, group=self._stop_group)
+            self._stop = bool(flag.item())
         a = self.args
         return self._stop or bool(a.exit_interval and self.iteration - start_iteration >= a.exit_interval
                                   and self.iteration < a.train_iters)
@@ -378,6 +405,7 @@ class Trainer:
     def save(self):
         from .checkpointing import save_checkpoint
 
+        self._flush_log()
         a = self.args
         if a.overlap_param_gather:
             # The last update's all-gather waits for the next forward: finish it, or the checkpoint would
@@ -392,6 +420,7 @@ class Trainer:
         print_rank_0(f"saved checkpoint {path}")
 
     def evaluate(self) -> float | None:
+        self._flush_log()
         a = self.args
         n = len(self.valid_ds)
         steps = min(a.eval_iters, max(1, n // a.global_batch_size))
@@ -416,6 +445,8 @@ class Trainer:
         return values.get(self.task.primary_metric)
 
     def _log(self, acc, grad_norm, tokens, seconds, steps):
+        """Queue this log point's line; ``_flush_log`` prints it once its GPU values have arrived, normally
+        during the next step (reading them now would make the host wait for the optimizer update)."""
         from megatron.core import parallel_state as ps
 
         # tokens counted per DP replica: sum over DP (CP ranks saw the same samples).
@@ -423,19 +454,31 @@ class Trainer:
         dist.all_reduce(tok, group=ps.get_data_parallel_group())
         if not is_last_rank():
             return
+        self._flush_log()
+        scalars = {"__tokens": tok, **{k: v[0] / v[1].clamp(min=1) for k, v in (acc or {}).items()}}
+        self._pending_log = (DeferredScalars(scalars), {
+            "iteration": self.iteration, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": seconds, "skipped_steps": self.state["skipped_steps"],
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None})
+
+    def _flush_log(self):
+        if self._pending_log is None:
+            return
+        deferred, known = self._pending_log
+        self._pending_log = None
         a = self.args
-        values = {k: (v[0] / v[1].clamp(min=1)).item() for k, v in (acc or {}).items()}
-        tps = tok.item() / max(seconds, 1e-9)
-        rec = {"iteration": self.iteration, "loss": values.get(self.task.primary_metric), "grad_norm": grad_norm,
-               "lr": self.optimizer.param_groups[0]["lr"],
-               "tokens_per_s": tps, "skipped_steps": self.state["skipped_steps"],
+        values = deferred.get()
+        tps = values.pop("__tokens") / max(known["seconds"], 1e-9)
+        grad_norm = known["grad_norm"]
+        rec = {"iteration": known["iteration"], "loss": values.get(self.task.primary_metric), "grad_norm": grad_norm,
+               "lr": known["lr"], "tokens_per_s": tps, "skipped_steps": known["skipped_steps"],
                **{k: v for k, v in values.items() if k != self.task.primary_metric}}
-        line = (f"iteration {self.iteration}/{a.train_iters} | loss {rec['loss']:.6f} | grad norm {grad_norm:.4f} | "
+        line = (f"iteration {rec['iteration']}/{a.train_iters} | loss {rec['loss']:.6f} | grad norm {grad_norm:.4f} | "
                 f"lr {rec['lr']:.3e} | tokens/s {tps:,.0f} | skipped {rec['skipped_steps']}")
         mfu = self._mfu(tps)
         if mfu is not None:
             rec["tflops_per_gpu"], rec["mfu"] = mfu
-            rec["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            rec["peak_memory_gb"] = known["peak_memory_gb"]
             line += f" | TFLOP/s/GPU {mfu[0]:.1f} | MFU {100 * mfu[1]:.1f}% | peak mem {rec['peak_memory_gb']:.1f} GB"
         for k, v in values.items():
             if k != self.task.primary_metric:
