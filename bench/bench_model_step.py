@@ -62,7 +62,7 @@ def run_ours(args, hf_config: dict) -> dict:
     from megatron_autoalign.models.attention import PackedDocuments
     from megatron_autoalign.models.flops import peak_tflops, training_flops_per_token
     from megatron_autoalign.runtime import device, init_distributed
-    from megatron_autoalign.training.loop import (
+    from megatron_autoalign.training.model_and_optimizer import (
         build_optimizer, build_transformer_config, optimizer_step, wire_schedule_hooks, wrap_ddp,
     )
 

@@ -45,7 +45,8 @@ def score(argv=None) -> str:
 
     from ..checkpoint import load_megatron_checkpoint_weights
     from ..models import check_tensor_parallel, load_hf_config
-    from ..training.loop import Runner, build_model, build_transformer_config, to_device
+    from ..training.loop import Runner, to_device
+    from ..training.model_and_optimizer import build_model, build_transformer_config
 
     parser = arguments.build_parser(DPOTask)
     parser.add_argument("--reuse-existing", action="store_true",

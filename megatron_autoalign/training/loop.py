@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
-import math
 import os
 import signal
 import sys
@@ -21,11 +19,14 @@ import torch.distributed as dist
 
 from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
 from megatron_autoalign.runtime import device, init_distributed, is_last_rank, print_rank_0
-from megatron_autoalign.runtime.wgrad_fusion import enable_gradient_accumulation_fusion
 
 from . import arguments
 from .data_order import SampleOrder, microbatch_indices
-from .deferred import DeferredScalars
+from .model_and_optimizer import (
+    build_model, build_optimizer, build_scheduler, build_transformer_config, optimizer_step, wire_schedule_hooks,
+    wrap_ddp,
+)
+from .step_log import StepLogger
 from .task import Task, TaskContext
 
 EXIT_CONFIG_ERROR = 2
@@ -33,128 +34,6 @@ EXIT_CONFIG_ERROR = 2
 
 class TrainingError(RuntimeError):
     """Training cannot continue (too many skipped steps...)."""
-
-
-# ----------------------------------------------------------------------------- model / optimizer
-
-def build_transformer_config(args, hf_cfg):
-    from megatron_autoalign.models import pipeline_split, resolve_transformer_impl, transformer_config_from_hf
-
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-    vpp = args.virtual_pipeline_model_parallel_size
-    overrides = dict(
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        context_parallel_size=args.context_parallel_size,
-        sequence_parallel=args.sequence_parallel,
-        virtual_pipeline_model_parallel_size=vpp,
-        calculate_per_token_loss=True,  # the task contract: loss sums / counts, normalised over the global batch
-        recompute_granularity=args.recompute_granularity,
-        recompute_method=args.recompute_method if args.recompute_granularity == "full" else None,
-        recompute_num_layers=args.recompute_num_layers if args.recompute_granularity == "full" else None,
-        attention_dropout=args.attention_dropout,
-        hidden_dropout=args.hidden_dropout,
-        # TE's fused RoPE; the local spec rotates q and k in its own attention (models/rope.py).
-        apply_rope_fusion=resolve_transformer_impl(args.transformer_impl) == "transformer_engine",
-        # Weight gradients go straight into DDP's fp32 main grads (apex's kernel or torch's addmm).
-        gradient_accumulation_fusion=args.gradient_accumulation_fusion and enable_gradient_accumulation_fusion(),
-    )
-    if vpp is None:
-        overrides.update(pipeline_split(hf_cfg["num_hidden_layers"], args.pipeline_model_parallel_size))
-    return transformer_config_from_hf(hf_cfg, params_dtype=dtype, **overrides)
-
-
-def build_model(args, hf_cfg, config):
-    from megatron_autoalign.models import build_model_chunks, resolve_transformer_impl
-
-    impl = resolve_transformer_impl(args.transformer_impl)
-    chunks = build_model_chunks(hf_cfg, config, impl, recompute_activation=args.recompute_swiglu)
-    dev = device()
-    return [c.to(dev) for c in chunks]
-
-
-def wrap_ddp(args, config, chunks):
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, use_distributed_optimizer=args.use_distributed_optimizer,
-        # On GPUs the data-parallel gradient reduction runs bucket by bucket during the backward pass.
-        overlap_grad_reduce=overlap_grad_reduce(args),
-        # Updated parameters are all-gathered bucket by bucket from forward pre-hooks (megatron DDP).
-        overlap_param_gather=args.overlap_param_gather,
-        check_for_nan_in_grad=False,  # NaN steps are skipped, not fatal
-    )
-    # Like Megatron-LM: only the first chunk buckets, so later chunks' grads reduce in one go.
-    return [DistributedDataParallel(config, ddp_config, c, disable_bucketing=i > 0) for i, c in enumerate(chunks)]
-
-
-def overlap_grad_reduce(args) -> bool:
-    return torch.cuda.is_available() and args.data_parallel_size > 1
-
-
-def build_optimizer(args, ddp_chunks):
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-    cfg = OptimizerConfig(
-        optimizer="adam", lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
-        clip_grad=args.clip_grad, bf16=args.bf16, fp16=args.fp16,
-        params_dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32,
-        loss_scale=args.loss_scale, use_distributed_optimizer=args.use_distributed_optimizer,
-        overlap_param_gather=args.overlap_param_gather,
-    )
-    from megatron_autoalign.runtime.optimizer_fallbacks import enable_fused_adam, use_foreach_multi_tensor_ops
-
-    use_foreach_multi_tensor_ops()  # no-op when TE/apex provide these ops
-    optimizer = get_megatron_optimizer(cfg, ddp_chunks)
-    enable_fused_adam(optimizer)  # no-op on CPU or when TE/apex provide their fused Adam
-    return optimizer
-
-
-def wire_schedule_hooks(args, config, ddp_chunks, optimizer) -> None:
-    """What megatron's forward/backward schedule calls back into: grad finalisation, loss scaling, and
-    the DDP chunks' no-sync / grad-sync entry points."""
-    from megatron.core.distributed import finalize_model_grads
-
-    config.finalize_model_grads_func = finalize_model_grads
-    config.grad_scale_func = optimizer.scale_loss
-    config.no_sync_func = [m.no_sync for m in ddp_chunks] if len(ddp_chunks) > 1 else ddp_chunks[0].no_sync
-    if overlap_grad_reduce(args):
-        # Interleaved PP starts each chunk's reduction as soon as its last micro-batch is done.
-        config.grad_sync_func = (
-            [m.start_grad_sync for m in ddp_chunks] if len(ddp_chunks) > 1 else ddp_chunks[0].start_grad_sync
-        )
-
-
-def build_scheduler(args, optimizer):
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-    warmup = args.lr_warmup_iters
-    if args.lr_warmup_fraction is not None:
-        warmup = int(args.lr_warmup_fraction * args.lr_decay_iters)
-    return OptimizerParamScheduler(
-        optimizer, init_lr=0.0 if warmup else args.lr, max_lr=args.lr, min_lr=args.min_lr,
-        lr_warmup_steps=warmup, lr_decay_steps=args.lr_decay_iters, lr_decay_style=args.lr_decay_style,
-        start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=args.train_iters,
-        wd_incr_style="constant",
-    )
-
-
-def optimizer_step(optimizer, clip_grad: float):
-    """(stepped, grad_norm): megatron's step, split so that a NaN/inf grad norm skips the update."""
-    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
-
-    if optimizer.prepare_grads():  # fp16 overflow: the loss scaler already backed off
-        return False, float("nan")
-    grad_norm = float(optimizer.get_grad_norm())
-    if not math.isfinite(grad_norm):
-        return False, grad_norm
-    if clip_grad > 0:
-        for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-            params = opt.get_parameters()
-            if params:
-                clip_grad_by_total_norm_fp32(params, max_norm=clip_grad, total_norm=grad_norm)
-    return optimizer.step_with_ready_grads(), grad_norm
 
 
 # ----------------------------------------------------------------------------- batches and schedule
@@ -255,15 +134,10 @@ class Trainer:
         self.dp_cp_group = ps.get_data_parallel_group(with_context_parallel=True)
         self.device = device()
         self._stop = False
-        self._pending_log = None  # (DeferredScalars, host values) of a log point not printed yet
         # The SIGTERM flag is agreed on over a CPU group: a GPU all-reduce read back with .item() every
         # step would make the host wait for the optimizer update before it launches the next forward.
         self._stop_group = dist.new_group(backend="gloo") if dist.get_world_size() > 1 else None
-        self.writer = None
-        if args.tensorboard_dir and is_last_rank():
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(args.tensorboard_dir)
+        self.log = StepLogger(args, hf_cfg, self.task)
 
     def _derive_iterations(self):
         a = self.args
@@ -323,13 +197,13 @@ class Trainer:
             self._train()
         except BaseException:
             try:  # best effort: print the last logged step too; the original error is the one that matters
-                self._flush_log()
+                self.log.flush()
             except Exception:
                 pass
             raise
         finally:
             gc.unfreeze()  # _train froze the set-up objects; a later run in this process starts clean
-        self._flush_log()
+        self.log.flush()
 
     def _train(self):
         a = self.args
@@ -340,7 +214,7 @@ class Trainer:
         gc.collect()
         gc.freeze()
         gbs = a.global_batch_size
-        acc, tokens, t0, interval_steps, last_gn = None, 0, time.time(), 0, float("nan")
+        acc, tokens, t0, last_gn = None, 0, time.time(), float("nan")
         start_iteration = self.iteration
         for c in self.model:
             c.train()
@@ -360,7 +234,7 @@ class Trainer:
             if self.iteration + 1 < a.train_iters:
                 batches = self._batches(self.train_ds, self.order.indices(self.state["consumed_samples"] + gbs, gbs))
             stepped, grad_norm = optimizer_step(self.optimizer, a.clip_grad)
-            self._flush_log()  # the grad-norm check waited for this step's backward: the last line's values are in
+            self.log.flush()  # the grad-norm check waited for this step's backward: the last line's values are in
             self.iteration += 1
             self.state["consumed_samples"] += gbs
             if stepped:
@@ -375,10 +249,10 @@ class Trainer:
             metrics = reduce_metrics(outputs, self.dp_cp_group)
             if metrics is not None:
                 acc = metrics if acc is None else {k: acc[k] + metrics[k] for k in acc}
-            interval_steps += 1
             if self.iteration % a.log_interval == 0 or self.iteration == a.train_iters:
-                self._log(acc, last_gn, tokens, time.time() - t0, interval_steps)
-                acc, tokens, t0, interval_steps = None, 0, time.time(), 0
+                self.log.queue(self.iteration, acc, last_gn, self.optimizer.param_groups[0]["lr"], tokens,
+                               time.time() - t0, self.state["skipped_steps"], self.device)
+                acc, tokens, t0 = None, 0, time.time()
             if a.eval_interval and self.valid_ds is not None and self.iteration % a.eval_interval == 0:
                 self.evaluate()
             stop = self._should_stop(start_iteration)
@@ -386,7 +260,7 @@ class Trainer:
                            or (a.save_interval and self.iteration % a.save_interval == 0)):
                 self.save()
             if stop:
-                self._flush_log()
+                self.log.flush()
                 print_rank_0(f"stopping at iteration {self.iteration} ({'SIGTERM' if self._stop else '--exit-interval'})")
                 return
         if self.valid_ds is not None and not (a.eval_interval and self.iteration % a.eval_interval == 0):
@@ -405,7 +279,7 @@ class Trainer:
     def save(self):
         from .checkpointing import save_checkpoint
 
-        self._flush_log()
+        self.log.flush()
         a = self.args
         if a.overlap_param_gather:
             # The last update's all-gather waits for the next forward: finish it, or the checkpoint would
@@ -420,7 +294,7 @@ class Trainer:
         print_rank_0(f"saved checkpoint {path}")
 
     def evaluate(self) -> float | None:
-        self._flush_log()
+        self.log.flush()
         a = self.args
         n = len(self.valid_ds)
         steps = min(a.eval_iters, max(1, n // a.global_batch_size))
@@ -441,70 +315,8 @@ class Trainer:
             return None
         values = {k: (v[0] / v[1].clamp(min=1)).item() for k, v in acc.items()}
         print(f"validation at iteration {self.iteration}: " + " | ".join(f"{k}: {v:.6f}" for k, v in values.items()), flush=True)
-        self._record({"iteration": self.iteration, **{f"valid/{k}": v for k, v in values.items()}})
+        self.log.record({"iteration": self.iteration, **{f"valid/{k}": v for k, v in values.items()}})
         return values.get(self.task.primary_metric)
-
-    def _log(self, acc, grad_norm, tokens, seconds, steps):
-        """Queue this log point's line; ``_flush_log`` prints it once its GPU values have arrived, normally
-        during the next step (reading them now would make the host wait for the optimizer update)."""
-        from megatron.core import parallel_state as ps
-
-        # tokens counted per DP replica: sum over DP (CP ranks saw the same samples).
-        tok = torch.tensor([tokens], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tok, group=ps.get_data_parallel_group())
-        if not is_last_rank():
-            return
-        self._flush_log()
-        scalars = {"__tokens": tok, **{k: v[0] / v[1].clamp(min=1) for k, v in (acc or {}).items()}}
-        self._pending_log = (DeferredScalars(scalars), {
-            "iteration": self.iteration, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"],
-            "seconds": seconds, "skipped_steps": self.state["skipped_steps"],
-            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None})
-
-    def _flush_log(self):
-        if self._pending_log is None:
-            return
-        deferred, known = self._pending_log
-        self._pending_log = None
-        a = self.args
-        values = deferred.get()
-        tps = values.pop("__tokens") / max(known["seconds"], 1e-9)
-        grad_norm = known["grad_norm"]
-        rec = {"iteration": known["iteration"], "loss": values.get(self.task.primary_metric), "grad_norm": grad_norm,
-               "lr": known["lr"], "tokens_per_s": tps, "skipped_steps": known["skipped_steps"],
-               **{k: v for k, v in values.items() if k != self.task.primary_metric}}
-        line = (f"iteration {rec['iteration']}/{a.train_iters} | loss {rec['loss']:.6f} | grad norm {grad_norm:.4f} | "
-                f"lr {rec['lr']:.3e} | tokens/s {tps:,.0f} | skipped {rec['skipped_steps']}")
-        mfu = self._mfu(tps)
-        if mfu is not None:
-            rec["tflops_per_gpu"], rec["mfu"] = mfu
-            rec["peak_memory_gb"] = known["peak_memory_gb"]
-            line += f" | TFLOP/s/GPU {mfu[0]:.1f} | MFU {100 * mfu[1]:.1f}% | peak mem {rec['peak_memory_gb']:.1f} GB"
-        for k, v in values.items():
-            if k != self.task.primary_metric:
-                line += f" | {k} {v:.4f}"
-        print(line, flush=True)
-        self._record(rec)
-
-    def _mfu(self, tokens_per_s: float):
-        if not torch.cuda.is_available():
-            return None
-        from megatron_autoalign.models.flops import peak_tflops, training_flops_per_token
-
-        flops = training_flops_per_token(self.hf_cfg, self.args.seq_length) * self.task.flops_multiplier()
-        tflops = tokens_per_s * flops / dist.get_world_size() / 1e12
-        peak = self.args.peak_tflops or peak_tflops(torch.cuda.get_device_name())
-        return tflops, (tflops / peak if peak else float("nan"))
-
-    def _record(self, rec: dict):
-        if self.writer is not None:
-            for k, v in rec.items():
-                if k != "iteration" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-                    self.writer.add_scalar(k if "/" in k else f"train/{k}", v, rec["iteration"])
-            self.writer.flush()
-        if self.args.log_json:
-            with open(self.args.log_json, "a") as f:
-                f.write(json.dumps(rec) + "\n")
 
 
 def main(task_cls, argv=None) -> int:
