@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shlex
+import statistics
 import subprocess
 import sys
 
@@ -93,6 +94,9 @@ def run_ours(args, hf_dir: str, prefix: str, log: str) -> dict:
         "mfu": sum(r.get("mfu", 0) for r in measured) / len(measured),
         "peak_memory_gb": max(r.get("peak_memory_gb", 0) for r in measured),
         "first_loss": records[0]["loss"], "last_loss": last["loss"],
+        # per-step rates: a single slow step (a host hiccup) shows here without moving the median
+        "step_tokens_per_s": [r["tokens_per_s"] for r in measured],
+        "median_step_tokens_per_s": statistics.median(r["tokens_per_s"] for r in measured),
     }
 
 
