@@ -88,7 +88,7 @@ def run_ours(args, hf_dir: str, prefix: str, log: str) -> dict:
     last = measured[-1]
     return {
         "system": f"ours_sft_entry_tp{args.tp}_pp{args.pp}_gpus{args.gpus}"
-        + "".join(f"_{flag.lstrip('-')}" for flag in shlex.split(args.extra)),
+        + "".join(f"_{flag.lstrip('-')}" for flag in shlex.split(args.extra)) + (f"_{args.label}" if args.label else ""),
         "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / args.gpus,
         "tflops_per_gpu": sum(r.get("tflops_per_gpu", 0) for r in measured) / len(measured),
         "mfu": sum(r.get("mfu", 0) for r in measured) / len(measured),
@@ -123,6 +123,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--peer", action="store_true", help="also run the HF peer on one GPU")
     p.add_argument("--extra", default="", help="extra training flags; write --extra=... when they start with a dash")
+    p.add_argument("--label", default="", help="appended to our system name, e.g. to tell runs under different "
+                                               "environment variables apart")
     p.add_argument("--work", default=os.path.join(ROOT, ".bench_out"))
     p.add_argument("--json", default=None)
     args = p.parse_args()

@@ -37,6 +37,9 @@ for what in "$@"; do
     scaling) for g in 2 4; do [ "$g" -le "$NGPU" ] || continue
             sft sft_1p5b_${g}gpu --model-size 1.5B --seq-length 8192 --gpus $g
             sft sft_1p5b_${g}gpu_overlap --model-size 1.5B --seq-length 8192 --gpus $g --extra=--overlap-param-gather
+            # the same with several hardware queues: do the per-bucket all-gathers still hold up compute?
+            CUDA_DEVICE_MAX_CONNECTIONS=8 sft sft_1p5b_${g}gpu_overlap_conn8 --model-size 1.5B --seq-length 8192 \
+              --gpus $g --extra=--overlap-param-gather --label conn8
           done ;;
     7b) sft sft_7b_4gpu --model-size 7B --seq-length 8192 --gpus 4 --tp 2 --steps 5 --warmup 2 ;;
     upstream) bash bench/upstream_layout.sh "$OUT" ;;
