@@ -1,5 +1,6 @@
-"""What SFT and DPO preprocessing share: loading and checking the tokenizer, the verified fast encoder and
-the template (built from the first batch of records), and encoding batches in worker processes."""
+"""What SFT and DPO preprocessing share: their common flags, loading and checking the tokenizer, the
+verified fast encoder and the template (built from the first batch of records), encoding batches in worker
+processes, the checks and manifest fields that end a run, and the command-line wrapper."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import sys
 
 from .conversations import DataError
 from .encoder import build_encoder
+from .manifest import tokenizer_entry
+from .skips import fmt_counts
 from .templates import KNOWN, get_template
 
 
@@ -116,3 +119,39 @@ def _batched(reader, size: int):
     it = iter(reader)
     while batch := list(itertools.islice(it, size)):
         yield batch
+
+
+def check_output(args, writer, skips, records: int, what: str) -> None:
+    """Before the manifest is committed: the invalid-record budget holds and at least one row was written
+    (``what`` names the missing content in the error, e.g. "trainable conversations")."""
+    skips.check_threshold(args.input, records, args.max_bad_fraction)
+    if writer.num_rows == 0:
+        raise DataError(f"{args.input}: no {what} ({skips.summary() or 'empty input'})")
+
+
+def common_manifest(args, tok, enc, reader, writer, skips, records: int, created_by: str) -> dict:
+    """The manifest fields SFT and DPO data share; each adds its format and its own counts."""
+    return {
+        "tokenizer": tokenizer_entry(tok, args),
+        "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
+        "num_rows": writer.num_rows, "num_tokens": writer.num_tokens,
+        "skipped": skips.counts, "skipped_examples": skips.examples,
+        "input_sha256": reader.sha256.hexdigest(),
+        "created_by": created_by,
+        # informational
+        "num_records": records, "encoder": enc.name,
+    }
+
+
+def run_cli(parse_args, run, describe, argv=None) -> int:
+    """parse -> run -> one summary line on stderr; a DataError is one line ``error: ...`` and exit code 2.
+    ``describe(manifest)`` gives the counts part of the summary."""
+    args = parse_args(argv)
+    try:
+        m = run(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output_prefix}_{{input_ids,labels}}.{{bin,idx}}: {describe(m)}; "
+          f"skipped: {fmt_counts(m['skipped']) or 'none'}", file=sys.stderr)
+    return 0

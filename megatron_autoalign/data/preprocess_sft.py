@@ -13,13 +13,16 @@ import sys
 
 import numpy as np
 
-from .conversations import DataError, InputReader, load_record, parse_conversation
+from .conversations import InputReader, load_record, parse_conversation
 from .encoder import IGNORE_INDEX, PieceEncoder
 from .indexed import AlignedWriter
-from .manifest import SFT_FORMAT, tokenizer_entry
+from .manifest import SFT_FORMAT
 from .packing import Packer
-from .pipeline import add_common_arguments, check_common_arguments, encoded_in_workers, start_encoding
-from .skips import SkipCounter, fmt_counts
+from .pipeline import (
+    add_common_arguments, check_common_arguments, check_output, common_manifest, encoded_in_workers, run_cli,
+    start_encoding,
+)
+from .skips import SkipCounter
 from .templates import TemplateError
 
 BATCH = 256          # records per worker task
@@ -119,37 +122,23 @@ def run(args) -> dict:
             bar.update(len(lens) + len(batch_skips))
         write_rows(writer, packer.flush())
         bar.close()
-        skips.check_threshold(args.input, stats["records"], args.max_bad_fraction)
-        if writer.num_rows == 0:
-            raise DataError(f"{args.input}: no trainable conversations ({skips.summary() or 'empty input'})")
+        check_output(args, writer, skips, stats["records"], "trainable conversations")
         manifest = {
             "format": SFT_FORMAT,
-            "tokenizer": tokenizer_entry(tok, args),
-            "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
-            "num_rows": writer.num_rows, "num_conversations": stats["conversations"],
-            "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
+            **common_manifest(args, tok, enc, reader, writer, skips, stats["records"],
+                              "megatron_autoalign.data.preprocess_sft"),
+            "num_conversations": stats["conversations"], "num_trained_tokens": stats["trained"],
             "fill_ratio": round(writer.num_tokens / (writer.num_rows * args.seq_len), 6),
-            "skipped": skips.counts, "skipped_examples": skips.examples,
-            "input_sha256": reader.sha256.hexdigest(),
-            "created_by": "megatron_autoalign.data.preprocess_sft",
-            # informational extras
-            "num_records": stats["records"], "truncation": args.truncation, "encoder": enc.name,
+            "truncation": args.truncation,
         }
         writer.commit(manifest)
     return manifest
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        m = run(args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.output_prefix}_{{input_ids,labels}}.{{bin,idx}}: {m['num_rows']} rows, "
-          f"{m['num_conversations']} conversations, {m['num_tokens']} tokens ({m['num_trained_tokens']} trained), "
-          f"fill {m['fill_ratio']:.3f}; skipped: {fmt_counts(m['skipped']) or 'none'}", file=sys.stderr)
-    return 0
+    return run_cli(parse_args, run, lambda m: (
+        f"{m['num_rows']} rows, {m['num_conversations']} conversations, {m['num_tokens']} tokens "
+        f"({m['num_trained_tokens']} trained), fill {m['fill_ratio']:.3f}"), argv)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ import sys
 
 import numpy as np
 
-from ..data.conversations import INVALID_REASONS, DataError, InputReader, load_record
+from ..data.conversations import INVALID_REASONS, InputReader, load_record
 from ..data.encoder import IGNORE_INDEX, PieceEncoder
 from ..data.indexed import AlignedWriter
-from ..data.manifest import tokenizer_entry
 from ..data.packing import Packer
-from ..data.pipeline import add_common_arguments, check_common_arguments, encoded_in_workers, start_encoding
-from ..data.skips import SkipCounter, fmt_counts
+from ..data.pipeline import (
+    add_common_arguments, check_common_arguments, check_output, common_manifest, encoded_in_workers, run_cli,
+    start_encoding,
+)
+from ..data.skips import SkipCounter
 from ..data.templates import TemplateError
 from .dataset import DPO_FORMAT, FIELDS
 from .pairs import PAIR_INVALID_REASONS, parse_pair
@@ -129,20 +131,13 @@ def run(args) -> dict:
             bar.update(len(pairs) + len(batch_skips))
         write_rows(writer, packer.flush())
         bar.close()
-        skips.check_threshold(args.input, stats["records"], args.max_bad_fraction)
-        if writer.num_rows == 0:
-            raise DataError(f"{args.input}: no usable preference pairs ({skips.summary() or 'empty input'})")
+        check_output(args, writer, skips, stats["records"], "usable preference pairs")
         manifest = {
             "format": DPO_FORMAT,
-            "tokenizer": tokenizer_entry(tok, args),
-            "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
+            **common_manifest(args, tok, enc, reader, writer, skips, stats["records"],
+                              "megatron_autoalign.dpo.preprocess"),
             "row_capacity": capacity or 2 * args.seq_len,
-            "num_rows": writer.num_rows, "num_pairs": stats["pairs"],
-            "num_tokens": writer.num_tokens, "num_trained_tokens": stats["trained"],
-            "skipped": skips.counts, "skipped_examples": skips.examples,
-            "input_sha256": reader.sha256.hexdigest(),
-            "created_by": "megatron_autoalign.dpo.preprocess",
-            "num_records": stats["records"], "encoder": enc.name,
+            "num_pairs": stats["pairs"], "num_trained_tokens": stats["trained"],
             "reference": None,  # filled by megatron_autoalign.dpo.score_reference
         }
         writer.commit(manifest)
@@ -150,16 +145,9 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        m = run(args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.output_prefix}_{{input_ids,labels}}.{{bin,idx}}: {m['num_rows']} rows, {m['num_pairs']} pairs, "
-          f"{m['num_tokens']} tokens ({m['num_trained_tokens']} trained); "
-          f"skipped: {fmt_counts(m['skipped']) or 'none'}", file=sys.stderr)
-    return 0
+    return run_cli(parse_args, run, lambda m: (
+        f"{m['num_rows']} rows, {m['num_pairs']} pairs, {m['num_tokens']} tokens ({m['num_trained_tokens']} trained)"),
+        argv)
 
 
 if __name__ == "__main__":
