@@ -62,6 +62,7 @@ def run_ours(args, hf_config: dict) -> dict:
     from megatron_autoalign.models.attention import PackedDocuments
     from megatron_autoalign.models.flops import peak_tflops, training_flops_per_token
     from megatron_autoalign.runtime import device, init_distributed
+    from megatron_autoalign.runtime.transfer import to_device_async
     from megatron_autoalign.training.model_and_optimizer import (
         build_optimizer, build_transformer_config, optimizer_step, wire_schedule_hooks, wrap_ddp,
     )
@@ -98,7 +99,8 @@ def run_ours(args, hf_config: dict) -> dict:
         if args.packed_docs > 1:
             # Same boundaries every step, so the attention builds its document layout once; training
             # batches with other boundaries rebuild it once per micro-batch (the entry-point bench has that).
-            cu = torch.tensor(bounds, dtype=torch.int32, device=dev)
+            # (copied like training copies its batches: a plain .to(cuda) would wait for the last update)
+            cu = to_device_async(torch.tensor(bounds, dtype=torch.int32), dev)
             packed = PackedDocuments(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=seq,
                                      max_seqlen_kv=seq, boundaries=bounds)
             inp, lab, pos = inp.reshape(1, -1), lab.reshape(1, -1), pos.reshape(1, -1)

@@ -40,6 +40,8 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
+from megatron_autoalign.runtime.transfer import to_device_async
+
 from .compiled import kernel
 from .rope import apply_rope, rope_tables
 
@@ -275,13 +277,15 @@ class DocumentCausalAttention(MegatronModule):
             q_doc, q_pos, _ = per_rank[cp_rank]
             k_doc = torch.cat([p[0] for p in per_rank])
             k_pos = torch.cat([p[1] for p in per_rank])
-            q_doc, q_pos, k_doc, k_pos = (t.to(device) for t in (q_doc, q_pos, k_doc, k_pos))
+            # Built on the host, copied without a synchronisation: this runs in the first layer, while the
+            # GPU may still be busy with the previous step's optimizer update.
+            q_doc, q_pos, k_doc, k_pos = (to_device_async(t, device) for t in (q_doc, q_pos, k_doc, k_pos))
             q_rope = k_rope = None
             if self.rotary_base is not None:
                 q_rope = rope_tables(q_pos, self.head_dim, self.rotary_base, dtype)
                 k_rope = q_rope if cp_size == 1 else rope_tables(k_pos, self.head_dim, self.rotary_base, dtype)
             return _TokenLayout(q_doc, q_pos, k_doc, k_pos, q_rope, k_rope,
-                                cu.to(device=device, dtype=torch.int32), int((cu[1:] - cu[:-1]).max()))
+                                to_device_async(cu.to(torch.int32), device), int((cu[1:] - cu[:-1]).max()))
 
         key = (bounds, cp_size, cp_rank, str(device), dtype, self.rotary_base, self.head_dim)
         return _LAYOUT_CACHE.get(key, build)

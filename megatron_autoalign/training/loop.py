@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
 from megatron_autoalign.runtime import device, init_distributed, is_last_rank, print_rank_0
+from megatron_autoalign.runtime.transfer import to_device_async
 
 from . import arguments
 from .data_order import SampleOrder, microbatch_indices
@@ -39,11 +40,8 @@ class TrainingError(RuntimeError):
 # ----------------------------------------------------------------------------- batches and schedule
 
 def to_device(batch: dict, dev) -> dict:
-    """Copy a collated batch's tensors to ``dev``. To a GPU they go through pinned host memory, so the
-    copies queue behind the GPU's current work instead of making the host wait for it."""
-    pin = torch.device(dev).type == "cuda"
-    return {k: (v.pin_memory() if pin else v).to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+    """Copy a collated batch's tensors to ``dev`` without making the host wait for the GPU."""
+    return {k: to_device_async(v, dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class Runner:
