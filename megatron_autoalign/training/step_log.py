@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_autoalign.runtime import is_last_rank
+from megatron_autoalign.runtime.transfer import to_device_async
 
 from .deferred import DeferredScalars
 
@@ -40,7 +41,7 @@ class StepLogger:
         from megatron.core import parallel_state as ps
 
         # tokens counted per DP replica: sum over DP (CP ranks saw the same samples).
-        tok = torch.tensor([tokens], dtype=torch.float64, device=device)
+        tok = to_device_async(torch.tensor([tokens], dtype=torch.float64), device)
         dist.all_reduce(tok, group=ps.get_data_parallel_group())
         if not is_last_rank():
             return
