@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
+from megatron_autoalign.models.flops import batch_training_flops
 from megatron_autoalign.runtime import device, init_distributed, is_last_rank, print_rank_0
 from megatron_autoalign.runtime.transfer import to_device_async
 
@@ -212,7 +213,7 @@ class Trainer:
         gc.collect()
         gc.freeze()
         gbs = a.global_batch_size
-        acc, tokens, t0, last_gn = None, 0, time.time(), float("nan")
+        acc, tokens, flops, t0, last_gn = None, 0, 0.0, time.time(), float("nan")
         start_iteration = self.iteration
         for c in self.model:
             c.train()
@@ -221,6 +222,8 @@ class Trainer:
             if batches is None:
                 batches = self._batches(self.train_ds, self.order.indices(self.state["consumed_samples"], gbs))
             tokens += sum(b["num_tokens"] for b in batches)
+            # the FLOPs this step computes (per-document attention, projection of trained tokens only)
+            flops += self.task.flops_multiplier() * sum(batch_training_flops(self.hf_cfg, b) for b in batches)
             self.task.prepare_global_batch(batches, self.ctx)
             for m in self.model:
                 m.zero_grad_buffer()
@@ -249,8 +252,8 @@ class Trainer:
                 acc = metrics if acc is None else {k: acc[k] + metrics[k] for k in acc}
             if self.iteration % a.log_interval == 0 or self.iteration == a.train_iters:
                 self.log.queue(self.iteration, acc, last_gn, self.optimizer.param_groups[0]["lr"], tokens,
-                               time.time() - t0, self.state["skipped_steps"], self.device)
-                acc, tokens, t0 = None, 0, time.time()
+                               time.time() - t0, self.state["skipped_steps"], self.device, flops)
+                acc, tokens, flops, t0 = None, 0, 0.0, time.time()
             if a.eval_interval and self.valid_ds is not None and self.iteration % a.eval_interval == 0:
                 self.evaluate()
             stop = self._should_stop(start_iteration)

@@ -69,6 +69,7 @@ def collate_thd(rows: list[dict], capacity: int, cp_size: int, cp_rank: int, pad
             padded_lens.append(fill)
             real_lens.append(fill)
     tokens, targets = np.concatenate(tokens), np.concatenate(targets)
+    work = _work(rows, targets)
     cu_padded = torch.tensor(np.concatenate([[0], np.cumsum(padded_lens)]), dtype=torch.int32)
     cu_real = torch.tensor(np.concatenate([[0], np.cumsum(real_lens)]), dtype=torch.int32)
     lens = np.asarray(padded_lens)
@@ -86,7 +87,16 @@ def collate_thd(rows: list[dict], capacity: int, cp_size: int, cp_rank: int, pad
         "document_bounds": tuple(cu_padded.tolist()),  # stays on the host (see PackedDocuments)
         "max_seqlen": int(lens.max()),
         "num_tokens": int(sum(len(r["input_ids"]) for r in rows)),
+        **work,
     }
+
+
+def _work(rows: list[dict], targets: np.ndarray) -> dict:
+    """Host-side counts of the work a micro-batch makes (``models.flops.batch_training_flops``): its real
+    documents' lengths (padding excluded) and its tokens with a target (all CP ranks' together, so
+    ``targets`` must be the micro-batch's before the CP split)."""
+    return {"doc_lens": tuple(int(n) for row in rows for n in row["doc_lens"]),
+            "num_projected": int((targets != IGNORE_INDEX).sum())}
 
 
 def packed_seq_params(batch: dict) -> PackedDocuments | None:
@@ -114,6 +124,7 @@ def collate_sbhd(rows: list[dict], capacity: int, cp_size: int, cp_rank: int, pa
             raise ValueError(f"row of {n} tokens is longer than the row capacity {capacity}")
         tokens[r, :n] = row["input_ids"]
         targets[r, :n] = shift_within_docs(row["labels"], np.asarray([n]))
+    work = _work(rows, targets)
     index = np.arange(capacity)
     if cp_size > 1:
         index = cp_token_layout(torch.tensor([0, capacity]), cp_size, cp_rank)[2].numpy()
@@ -123,4 +134,5 @@ def collate_sbhd(rows: list[dict], capacity: int, cp_size: int, cp_rank: int, pa
         "labels": torch.from_numpy(np.ascontiguousarray(targets)),
         "position_ids": torch.from_numpy(np.broadcast_to(index, (b, len(index))).copy()),
         "num_tokens": int(sum(len(r["input_ids"]) for r in rows)),
+        **work,
     }

@@ -22,6 +22,7 @@ from megatron_autoalign.runtime.transfer import to_device_async
 from .deferred import DeferredScalars
 
 _TOKENS = "__tokens"  # the token count travels with the task's metrics under a name no metric uses
+_FLOPS = "__flops"  # and so do the FLOPs computed (models/flops.py: computed_training_flops)
 
 
 class StepLogger:
@@ -35,18 +36,19 @@ class StepLogger:
             self.writer = SummaryWriter(args.tensorboard_dir)
 
     def queue(self, iteration: int, acc, grad_norm: float, lr: float, tokens: int, seconds: float,
-              skipped_steps: int, device) -> None:
+              skipped_steps: int, device, flops: float = 0.0) -> None:
         """Log point: ``acc`` maps metric -> [sum, count] tensors (reduced over DP on the last rank);
-        ``tokens`` this rank's tokens since the last log point. Every rank must call this."""
+        ``tokens`` this rank's tokens since the last log point, ``flops`` the FLOPs its micro-batches
+        computed. Every rank must call this."""
         from megatron.core import parallel_state as ps
 
-        # tokens counted per DP replica: sum over DP (CP ranks saw the same samples).
-        tok = to_device_async(torch.tensor([tokens], dtype=torch.float64), device)
+        # tokens and FLOPs counted per DP replica: sum over DP (CP ranks saw the same samples).
+        tok = to_device_async(torch.tensor([tokens, flops], dtype=torch.float64), device)
         dist.all_reduce(tok, group=ps.get_data_parallel_group())
         if not is_last_rank():
             return
         self.flush()
-        scalars = {_TOKENS: tok, **{k: v[0] / v[1].clamp(min=1) for k, v in (acc or {}).items()}}
+        scalars = {_TOKENS: tok[0], _FLOPS: tok[1], **{k: v[0] / v[1].clamp(min=1) for k, v in (acc or {}).items()}}
         self.pending = (DeferredScalars(scalars), {
             "iteration": iteration, "grad_norm": grad_norm, "lr": lr, "seconds": seconds,
             "skipped_steps": skipped_steps,
@@ -60,6 +62,7 @@ class StepLogger:
         self.pending = None
         values = deferred.get()
         tps = values.pop(_TOKENS) / max(known["seconds"], 1e-9)
+        flops_per_s = values.pop(_FLOPS) / max(known["seconds"], 1e-9)
         primary = self.task.primary_metric
         rec = {"iteration": known["iteration"], "loss": values.get(primary), "grad_norm": known["grad_norm"],
                "lr": known["lr"], "tokens_per_s": tps, "skipped_steps": known["skipped_steps"],
@@ -67,11 +70,12 @@ class StepLogger:
         line = (f"iteration {rec['iteration']}/{self.args.train_iters} | loss {rec['loss']:.6f} | "
                 f"grad norm {rec['grad_norm']:.4f} | lr {rec['lr']:.3e} | tokens/s {tps:,.0f} | "
                 f"skipped {rec['skipped_steps']}")
-        mfu = self._mfu(tps)
+        mfu = self._mfu(tps, flops_per_s)
         if mfu is not None:
-            rec["tflops_per_gpu"], rec["mfu"] = mfu
+            rec["tflops_per_gpu"], rec["mfu"], rec["tflops_actual_per_gpu"], rec["mfu_actual"] = mfu
             rec["peak_memory_gb"] = known["peak_memory_gb"]
-            line += f" | TFLOP/s/GPU {mfu[0]:.1f} | MFU {100 * mfu[1]:.1f}% | peak mem {rec['peak_memory_gb']:.1f} GB"
+            line += (f" | TFLOP/s/GPU {mfu[2]:.1f} | MFU {100 * mfu[3]:.1f}% (full-row formula {100 * mfu[1]:.1f}%)"
+                     f" | peak mem {rec['peak_memory_gb']:.1f} GB")
         for k, v in values.items():
             if k != primary:
                 line += f" | {k} {v:.4f}"
@@ -89,12 +93,14 @@ class StepLogger:
             with open(self.args.log_json, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
-    def _mfu(self, tokens_per_s: float):
+    def _mfu(self, tokens_per_s: float, flops_per_s: float):
+        """(TFLOP/s per GPU, MFU) by the full-row formula, then by the FLOPs actually computed."""
         if not torch.cuda.is_available():
             return None
         from megatron_autoalign.models.flops import peak_tflops, training_flops_per_token
 
         flops = training_flops_per_token(self.hf_cfg, self.args.seq_length) * self.task.flops_multiplier()
         tflops = tokens_per_s * flops / dist.get_world_size() / 1e12
+        actual = flops_per_s / dist.get_world_size() / 1e12
         peak = self.args.peak_tflops or peak_tflops(torch.cuda.get_device_name())
-        return tflops, (tflops / peak if peak else float("nan"))
+        return tflops, (tflops / peak if peak else float("nan")), actual, (actual / peak if peak else float("nan"))
