@@ -24,8 +24,8 @@ def load_megatron_checkpoint_weights(model_chunks, ckpt_dir: str) -> str:
     """
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-    from ..models.qwen2_mapping import _dims_of_model, fill_sharded_state_dict
     from .legacy import LegacySource
+    from .sharded import fill_sharded_state_dict, layout_of_model
     from .torch_dist import load_torch_dist_into_chunks
 
     chunks = model_chunks if isinstance(model_chunks, (list, tuple)) else [model_chunks]
@@ -34,7 +34,7 @@ def load_megatron_checkpoint_weights(model_chunks, ckpt_dir: str) -> str:
         if fmt == "torch_dist":
             load_torch_dist_into_chunks(list(chunks), iter_dir)
         else:
-            source = LegacySource(iter_dir, _dims_of_model(chunks[0]))
+            source = LegacySource(iter_dir, *layout_of_model(chunks[0]))
             for chunk in chunks:
                 fill_sharded_state_dict(chunk.sharded_state_dict(), source)
     except CheckpointError:

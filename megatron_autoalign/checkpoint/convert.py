@@ -15,6 +15,11 @@ import os
 import sys
 import time
 
+from ..models.family import ConfigError
+from ..models.hf_config import (
+    check_model_size, check_tensor_parallel, dims_of, family_of, load_hf_config, pipeline_split,
+)
+from ..models.tensor_map import HFSource
 from .errors import CheckpointError, run_command
 from .layout import DTYPES
 
@@ -61,8 +66,6 @@ def _check_destination(path: str) -> None:
 
 
 def _check_model(hf_config: dict, args, where: str) -> None:
-    from ..models.qwen2 import ConfigError, check_model_size, check_tensor_parallel, pipeline_split
-
     if args.tp < 1 or args.pp < 1:
         raise CheckpointError(f"{where}: TP and PP must be at least 1 (got TP={args.tp}, PP={args.pp})")
     try:
@@ -75,7 +78,6 @@ def _check_model(hf_config: dict, args, where: str) -> None:
 
 
 def hf_to_megatron(args, progress) -> None:
-    from ..models.qwen2_mapping import Dims, HFSource
     from .layout import CHECKPOINT_VERSION, copy_hf_side_files, iteration_dir, megatron_args, write_tracker
     from .safetensors_io import HFReader
 
@@ -83,7 +85,7 @@ def hf_to_megatron(args, progress) -> None:
     config_file = os.path.join(args.load_path, "config.json")
     _check_model(reader.config, args, config_file)
     dtype = DTYPES[args.precision]
-    source = HFSource(reader, Dims.from_hf_config(reader.config))
+    source = HFSource(reader, family_of(reader.config), dims_of(reader.config))
     os.makedirs(args.save_path, exist_ok=True)
     iter_dir = iteration_dir(args.save_path, "release")
     os.makedirs(iter_dir, exist_ok=True)
@@ -109,22 +111,20 @@ def hf_to_megatron(args, progress) -> None:
 
 
 def open_megatron_source(path: str, hf_config: dict):
-    from ..models.qwen2_mapping import Dims
     from .layout import resolve_checkpoint
 
     iter_dir, fmt = resolve_checkpoint(path)
-    dims = Dims.from_hf_config(hf_config)
+    family, dims = family_of(hf_config), dims_of(hf_config)
     if fmt == "torch_dist":
         from .torch_dist import TorchDistSource
 
-        return TorchDistSource(iter_dir, dims)
+        return TorchDistSource(iter_dir, family, dims)
     from .legacy import LegacySource
 
-    return LegacySource(iter_dir, dims)
+    return LegacySource(iter_dir, family, dims)
 
 
 def megatron_to_hf(args, progress) -> None:
-    from ..models.qwen2 import ConfigError, load_hf_config
     from .hf_export import write_hf_checkpoint
     from .layout import hf_side_dir
     from .safetensors_io import parse_size

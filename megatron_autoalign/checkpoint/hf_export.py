@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from ..models.qwen2_mapping import hf_from_mcore
+from ..models.tensor_map import hf_from_megatron, hf_tensor_count
 from .layout import copy_hf_side_files
 from .safetensors_io import ShardedSafetensorsWriter
 
@@ -20,8 +20,8 @@ def write_hf_checkpoint(source, hf_config: dict, side_dir: str | None, out_dir: 
     from ``side_dir`` (the original HF model), weights as sharded safetensors + index."""
     os.makedirs(out_dir, exist_ok=True)
     writer = ShardedSafetensorsWriter(out_dir, dtype, max_shard_bytes)
-    items = hf_from_mcore(source.get, source.dims)
-    total = 3 + 12 * source.dims.num_layers - (1 if source.dims.tied else 0)
+    items = hf_from_megatron(source.family, source.get, source.dims)
+    total = hf_tensor_count(source.family, source.dims)
     for name, tensor in progress(items, total=total) if progress else items:
         writer.add(name, tensor)
     shards = writer.close()

@@ -9,6 +9,7 @@ import shutil
 
 import torch
 
+from ..models.hf_config import family_of, head_dim, rope_theta, size_of
 from .errors import CheckpointError
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -87,9 +88,8 @@ def copy_hf_side_files(src_dir: str, dst_dir: str, skip: tuple[str, ...] = ()) -
 
 def megatron_args(hf_config: dict, tp: int, pp: int, dtype: torch.dtype, use_te: bool) -> argparse.Namespace:
     """The ``args`` Megatron-LM stores in (and checks against) a checkpoint, with Megatron-LM's names."""
-    from ..models.qwen2 import head_dim, rope_theta, size_of
-
     s = size_of(hf_config)
+    family_fields = family_of(hf_config).config_fields(hf_config)
     return argparse.Namespace(
         num_layers=s.num_layers, hidden_size=s.hidden_size, ffn_hidden_size=s.ffn_hidden_size,
         num_attention_heads=s.num_attention_heads, group_query_attention=True,
@@ -101,7 +101,8 @@ def megatron_args(hf_config: dict, tp: int, pp: int, dtype: torch.dtype, use_te:
         untie_embeddings_and_output_weights=not s.tie_word_embeddings,
         position_embedding_type="rope", add_position_embedding=False, rotary_base=rope_theta(hf_config),
         normalization="RMSNorm", norm_epsilon=float(hf_config.get("rms_norm_eps", 1e-6)), swiglu=True,
-        add_bias_linear=False, add_qkv_bias=True, tensor_model_parallel_size=tp,
+        add_bias_linear=False, add_qkv_bias=family_fields.get("add_qkv_bias", False),
+        qk_layernorm=family_fields.get("qk_layernorm", False), tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp, params_dtype=dtype, bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16, transformer_impl="transformer_engine" if use_te else "local",
         tokenizer_type="HuggingFaceTokenizer", data_parallel_random_init=False, iteration=0,

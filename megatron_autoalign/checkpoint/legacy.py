@@ -3,7 +3,8 @@
 Each file is ``{"model": <that rank's state_dict>, "args", "checkpoint_version": 3.0, "iteration"}``
 with stage-local layer numbers and TP-local tensors, spelled for the TE spec (USE_TE=true: norms fused
 into ``linear_qkv``/``linear_fc1``) or the local spec (``input_layernorm``/``pre_mlp_layernorm``).
-The reader accepts both spellings and any TP/PP and serves global tensors (see ``qwen2_mapping``).
+The reader accepts both spellings and any TP/PP and serves global tensors (see ``models/tensor_map.py``).
+Names, TP rules and the layer order come from the model family's tensor table.
 """
 
 from __future__ import annotations
@@ -14,23 +15,12 @@ import re
 
 import torch
 
-from ..models.qwen2_mapping import (
-    ATTN_NORM, EMBEDDING, FC1, FC2, FINAL_NORM, LAYER_PREFIX, MLP_NORM, OUTPUT, PROJ, QKV_B, QKV_W, Dims,
-    legacy_name, merge_from_tp, split_for_tp, stage_layers,
-)
+from ..models.family import ModelFamily
+from ..models.hf_config import stage_layers
+from ..models.tensor_map import EMBEDDING, FINAL_NORM, LAYER_PREFIX, OUTPUT, Dims, legacy_layer_entries
 from .errors import CheckpointError
 
 FILE = "model_optim_rng.pt"
-# One layer's state-dict entries in module order; "*._extra_state" entries are None (they carry FP8
-# metadata only with TE) but must be present for a strict load_state_dict.
-_LAYER_ORDER = {
-    False: (ATTN_NORM, PROJ, "self_attention.linear_proj._extra_state", QKV_W, QKV_B,
-            "self_attention.linear_qkv._extra_state", MLP_NORM, FC1, "mlp.linear_fc1._extra_state", FC2,
-            "mlp.linear_fc2._extra_state"),
-    True: ("self_attention.core_attention._extra_state", PROJ, "self_attention.linear_proj._extra_state",
-           ATTN_NORM, QKV_W, QKV_B, "self_attention.linear_qkv._extra_state", MLP_NORM, FC1,
-           "mlp.linear_fc1._extra_state", FC2, "mlp.linear_fc2._extra_state"),
-}
 
 
 def rank_dir(iter_dir: str, tp_rank: int, pp_rank: int, pp: int) -> str:
@@ -42,25 +32,28 @@ def save_legacy(source, hf_config: dict, iter_dir: str, dtype: torch.dtype, tp: 
                 use_te: bool, common: dict, progress=None) -> None:
     """One file per (TP, PP) rank; one pipeline stage in memory at a time."""
     dims: Dims = source.dims
+    family: ModelFamily = source.family
     stages = stage_layers(hf_config, pp)
+    entries = legacy_layer_entries(family.layer_tensors, use_te)
     for pp_rank in progress(range(pp)) if progress else range(pp):
         layers = stages[pp_rank]
         models: list[dict] = [dict() for _ in range(tp)]
 
         def put(name: str, key: str, layer: int | None = None):
-            for sd, t in zip(models, split_for_tp(key, source.get(key, layer).to(dtype), tp)):
+            mapping = family.tensor(key, per_layer=layer is not None)
+            for sd, t in zip(models, mapping.split_for_tp(source.get(key, layer).to(dtype), tp)):
                 sd[name] = t
 
         if pp_rank == 0:
             put(EMBEDDING, EMBEDDING)
         for local, layer in enumerate(layers):
             prefix = f"{LAYER_PREFIX}{local}."
-            for key in _LAYER_ORDER[use_te]:
-                if key.endswith("._extra_state"):
+            for name, mapping in entries:
+                if mapping is None:  # an _extra_state entry
                     for sd in models:
-                        sd[prefix + key] = None
+                        sd[prefix + name] = None
                 else:
-                    put(prefix + legacy_name(key, use_te), key, layer)
+                    put(prefix + name, mapping.megatron, layer)
         if pp_rank == pp - 1:
             put(FINAL_NORM, FINAL_NORM)
             if not dims.tied or pp > 1:  # tied + PP>1: the last stage keeps its copy of the embedding
@@ -80,8 +73,8 @@ class LegacySource:
     Files are opened with ``mmap=True``: only the tensors asked for are paged in.
     """
 
-    def __init__(self, iter_dir: str, dims: Dims):
-        self.iter_dir, self.dims = iter_dir, dims
+    def __init__(self, iter_dir: str, family: ModelFamily, dims: Dims):
+        self.iter_dir, self.family, self.dims = iter_dir, family, dims
         found = {}
         for path in glob.glob(os.path.join(iter_dir, "mp_rank_*", FILE)):
             m = re.fullmatch(r"mp_rank_(\d+)(?:_(\d+))?", os.path.basename(os.path.dirname(path)))
@@ -131,11 +124,12 @@ class LegacySource:
     def get(self, key: str, layer: int | None = None) -> torch.Tensor:
         if layer is None:
             if key == EMBEDDING or (key == OUTPUT and self.dims.tied):
-                return merge_from_tp(EMBEDDING, self._shards(0, EMBEDDING))
-            return merge_from_tp(key, self._shards(self.pp - 1, key))
+                return self.family.tensor(EMBEDDING, False).merge_from_tp(self._shards(0, EMBEDDING))
+            return self.family.tensor(key, False).merge_from_tp(self._shards(self.pp - 1, key))
+        mapping = self.family.tensor(key, per_layer=True)
         stage, local = self.stage_of[layer]
         sd = self.models[(0, stage)]
         name = f"{LAYER_PREFIX}{local}.{key}"
         if name not in sd:  # local-spec spelling
-            name = f"{LAYER_PREFIX}{local}.{legacy_name(key, use_te=False)}"
-        return merge_from_tp(key, self._shards(stage, name))
+            name = f"{LAYER_PREFIX}{local}.{mapping.legacy_name(use_te=False)}"
+        return mapping.merge_from_tp(self._shards(stage, name))

@@ -17,6 +17,8 @@ import struct
 
 import torch
 
+from ..models.family import ConfigError
+from ..models.hf_config import load_hf_config
 from .errors import CheckpointError
 
 _DTYPES = {
@@ -91,8 +93,6 @@ class HFReader:
     """
 
     def __init__(self, path: str):
-        from ..models.qwen2 import ConfigError, load_hf_config
-
         if not os.path.isdir(path):
             raise CheckpointError(f"{path}: HF model directory does not exist")
         self.path = path

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from ..models.qwen2_mapping import LAYER_KEYS, LAYER_PREFIX, Dims, fill_sharded_state_dict
+from ..models.family import ModelFamily
+from ..models.tensor_map import LAYER_PREFIX, Dims
 from .errors import CheckpointError
+from .sharded import fill_sharded_state_dict
 
 
 def ensure_process_group() -> None:
@@ -67,13 +69,13 @@ class TorchDistSource:
     Memory: the largest stacked key (fc1) plus what the caller keeps.
     """
 
-    def __init__(self, iter_dir: str, dims: Dims):
+    def __init__(self, iter_dir: str, family: ModelFamily, dims: Dims):
         from megatron.core import dist_checkpointing
 
         ensure_process_group()
-        self.iter_dir, self.dims = iter_dir, dims
+        self.iter_dir, self.family, self.dims = iter_dir, family, dims
         self.meta = dist_checkpointing.load_tensors_metadata(iter_dir)
-        for key in (LAYER_PREFIX + k for k in LAYER_KEYS):
+        for key in (LAYER_PREFIX + t.megatron for t in family.layer_tensors):
             if key not in self.meta:
                 raise CheckpointError(f"{iter_dir}: tensor {key} is missing from the checkpoint")
             if self.meta[key].global_shape[0] != dims.num_layers:

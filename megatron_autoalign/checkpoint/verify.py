@@ -59,7 +59,7 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 
 def verify(hf_dir: str, mg_dir: str, dtype: torch.dtype = torch.float32, seq_len: int = 32) -> tuple[float, float]:
-    from ..models.qwen2 import load_hf_config
+    from ..models.hf_config import load_hf_config
     from ..runtime import device
 
     hf_config = load_hf_config(hf_dir)

@@ -21,7 +21,8 @@ from .attention import DocumentCausalAttention
 from .linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from .mlp import Qwen2MLP
 from .norm import RMSNorm
-from .qwen2 import ConfigError, rope_theta, size_of
+from .family import ConfigError
+from .hf_config import family_of, rope_theta, size_of
 
 
 class _DeferredLogitsOutputLayer(tensor_parallel.ColumnParallelLinear):
@@ -175,7 +176,7 @@ def build_gpt_model(
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     size = size_of(hf_config)
     theta = rope_theta(hf_config)
-    return Qwen2GPTModel(
+    model = Qwen2GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(
             config, transformer_impl, vp_stage, rotary_base=theta, recompute_activation=recompute_activation
@@ -191,6 +192,8 @@ def build_gpt_model(
         vp_stage=vp_stage,
         fused_linear_cross_entropy=fused_linear_cross_entropy,
     )
+    model.family = family_of(hf_config)  # checkpoint readers map tensors through the family's table
+    return model
 
 
 def build_model_chunks(hf_config: dict, config, transformer_impl: str = "local", **kwargs) -> list[GPTModel]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .qwen2 import head_dim, size_of
+from .hf_config import head_dim, size_of
 
 # Dense bf16 peak of the cards we report against (vendor numbers, no sparsity).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}

@@ -46,7 +46,7 @@ def _tp1_model(hf_dir):
 
 
 def test_legacy_tp2pp2_loads_into_tp1_trainer(tiny_untied_dir, tmp_path):
-    from megatron_autoalign.models.qwen2_mapping import load_hf_weights_into_model
+    from megatron_autoalign.checkpoint.sharded import load_hf_weights_into_model
 
     assert convert(["--load-path", tiny_untied_dir, "--save-path", str(tmp_path / "l"), "--ckpt-format", "torch",
                     "--tp", "2", "--pp", "2", "--precision", "fp32", "--use-te", "false", "--no-progress"]) == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_autoalign.models.qwen2 import (
+from megatron_autoalign.models import (
     QWEN2_5_SIZES,
     ConfigError,
     check_model_size,

@@ -18,7 +18,7 @@ def _loss_and_grads(hf_dir, recompute_activation=False, **recompute):
     from megatron_autoalign.checkpoint.torch_dist import ensure_process_group
     from megatron_autoalign.models import build_gpt_model, load_hf_config, transformer_config_from_hf
     from megatron_autoalign.models.attention import PackedDocuments
-    from megatron_autoalign.models.qwen2_mapping import load_hf_weights_into_model
+    from megatron_autoalign.checkpoint.sharded import load_hf_weights_into_model
 
     ensure_process_group()
     cfg = load_hf_config(hf_dir)

@@ -22,7 +22,7 @@ def main():
     from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
     from megatron_autoalign.checkpoint.verify import hf_logits, sample_tokens
     from megatron_autoalign.models import build_gpt_model, load_hf_config, pipeline_split, transformer_config_from_hf
-    from megatron_autoalign.models.qwen2_mapping import load_hf_weights_into_model
+    from megatron_autoalign.checkpoint.sharded import load_hf_weights_into_model
     from megatron_autoalign.runtime import init_distributed
 
     out, cases = sys.argv[1], sys.argv[2:]

@@ -1,43 +1,19 @@
-"""The Qwen2 / Qwen2.5 family: named sizes and HF ``config.json`` -> megatron-core TransformerConfig.
+"""HF ``config.json`` -> model family, shapes and megatron-core TransformerConfig (family-independent).
 
-The HF config is the source of truth for shapes; a named size (``1.5B``...) is only checked against it.
+The HF config is the source of truth for shapes; a named size (``1.5B``, ``qwen3-8B``...) is only checked
+against it. The config's ``model_type`` picks the family (``registry.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class Qwen2Size:
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    tie_word_embeddings: bool
-
-
-QWEN2_5_SIZES: dict[str, Qwen2Size] = {
-    "0.5B": Qwen2Size(24, 896, 4864, 14, 2, 151936, True),
-    "1.5B": Qwen2Size(28, 1536, 8960, 12, 2, 151936, True),
-    "3B": Qwen2Size(36, 2048, 11008, 16, 2, 151936, True),
-    "7B": Qwen2Size(28, 3584, 18944, 28, 4, 152064, False),
-    "14B": Qwen2Size(48, 5120, 13824, 40, 8, 152064, False),
-    "32B": Qwen2Size(64, 5120, 27648, 40, 8, 152064, False),
-    "72B": Qwen2Size(80, 8192, 29568, 64, 8, 152064, False),
-}
-
-SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM",)
-
-
-class ConfigError(ValueError):
-    """A config that this toolkit cannot build or that disagrees with the requested size."""
+from .family import ConfigError, ModelFamily, ModelSize
+from .registry import FAMILIES
+from .tensor_map import Dims
 
 
 def load_hf_config(path: str) -> dict:
@@ -51,15 +27,24 @@ def load_hf_config(path: str) -> dict:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{file}: not valid JSON ({e})") from None
     archs = cfg.get("architectures") or []
-    if archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise ConfigError(f"{file}: unsupported architecture {archs}; supported: {SUPPORTED_ARCHITECTURES}")
-    if cfg.get("model_type", "qwen2") != "qwen2":
-        raise ConfigError(f"{file}: unsupported model_type {cfg.get('model_type')!r}; expected 'qwen2'")
+    supported = [a for f in FAMILIES.values() for a in f.architectures]
+    if archs and not any(a in supported for a in archs):
+        raise ConfigError(f"{file}: unsupported architecture {archs}; supported: {tuple(supported)}")
+    if cfg.get("model_type", "qwen2") not in FAMILIES:
+        raise ConfigError(f"{file}: unsupported model_type {cfg.get('model_type')!r}; expected one of {', '.join(FAMILIES)}")
     return cfg
 
 
-def size_of(cfg: dict) -> Qwen2Size:
-    return Qwen2Size(
+def family_of(cfg: dict) -> ModelFamily:
+    """The family of an HF config (``model_type``; configs without one are Qwen2, as before)."""
+    model_type = cfg.get("model_type", "qwen2")
+    if model_type not in FAMILIES:
+        raise ConfigError(f"unsupported model_type {model_type!r}; expected one of {', '.join(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+def size_of(cfg: dict) -> ModelSize:
+    return ModelSize(
         num_layers=cfg["num_hidden_layers"],
         hidden_size=cfg["hidden_size"],
         ffn_hidden_size=cfg["intermediate_size"],
@@ -67,26 +52,47 @@ def size_of(cfg: dict) -> Qwen2Size:
         num_key_value_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
         vocab_size=cfg["vocab_size"],
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        head_dim=head_dim(cfg),
     )
 
 
 def head_dim(cfg: dict) -> int:
     """Per-head width: ``head_dim`` when the config sets it, else hidden_size / heads."""
-    size = size_of(cfg)
-    return cfg.get("head_dim") or size.hidden_size // size.num_attention_heads
+    return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+
+
+def dims_of(cfg: dict) -> Dims:
+    s = size_of(cfg)
+    return Dims(s.num_layers, s.hidden_size, s.ffn_hidden_size, s.num_attention_heads,
+                s.num_key_value_heads, s.head_dim, s.vocab_size, s.tie_word_embeddings)
+
+
+def split_size_name(name: str) -> tuple[str | None, str]:
+    """'qwen3-8B' -> ('qwen3', '8B'); '1.5B' -> (None, '1.5B'): the family is then the config's."""
+    prefix, sep, size = name.rpartition("-")
+    return (prefix.lower(), size) if sep else (None, name)
 
 
 def check_model_size(name: str, cfg: dict) -> None:
-    """Raise ConfigError when ``name`` (e.g. '1.5B') does not describe ``cfg``; 'auto' accepts any."""
+    """Raise ConfigError when ``name`` ('1.5B', 'qwen3-8B', 'qwen2.5-7B') does not describe ``cfg``;
+    'auto' accepts any. A size without a family prefix is looked up in the config's own family."""
     if name in (None, "", "auto"):
         return
-    if name not in QWEN2_5_SIZES:
-        raise ConfigError(f"unknown model size {name!r}; known: {', '.join(QWEN2_5_SIZES)} or auto")
-    expected, actual = QWEN2_5_SIZES[name], size_of(cfg)
+    family = family_of(cfg)
+    prefix, size = split_size_name(name)
+    if prefix is not None and prefix not in (family.name, *family.aliases):
+        known = sorted(f.name for f in FAMILIES.values())
+        if prefix not in known + [a for f in FAMILIES.values() for a in f.aliases]:
+            raise ConfigError(f"unknown model family {prefix!r} in size {name!r}; known: {', '.join(known)}")
+        raise ConfigError(f"model size {name} is not a {family.display} size, but config.json is {family.display} "
+                          f"(model_type {family.model_type!r})")
+    if size not in family.sizes:
+        raise ConfigError(f"unknown model size {name!r} for {family.display}; known: {', '.join(family.sizes)} or auto")
+    expected, actual = family.sizes[size], size_of(cfg)
     diffs = [
         f"{field}: {name} has {getattr(expected, field)}, config has {getattr(actual, field)}"
         for field in expected.__dataclass_fields__
-        if getattr(expected, field) != getattr(actual, field)
+        if getattr(expected, field) is not None and getattr(expected, field) != getattr(actual, field)
     ]
     if diffs:
         raise ConfigError(f"model size {name} does not match config.json ({'; '.join(diffs)})")
@@ -104,7 +110,7 @@ def check_tensor_parallel(cfg: dict, tp: int) -> None:
 
 
 def transformer_config_from_hf(cfg: dict, params_dtype: torch.dtype = torch.float32, **overrides):
-    """megatron-core TransformerConfig for a Qwen2 HF config.
+    """megatron-core TransformerConfig for an HF config of any registered family.
 
     ``overrides`` are TransformerConfig fields (parallel sizes, recompute, bf16, ...).
     """
@@ -125,7 +131,6 @@ def transformer_config_from_hf(cfg: dict, params_dtype: torch.dtype = torch.floa
         gated_linear_unit=True,
         activation_func=torch.nn.functional.silu,
         add_bias_linear=False,
-        add_qkv_bias=True,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         bias_activation_fusion=on_gpu,
@@ -140,6 +145,7 @@ def transformer_config_from_hf(cfg: dict, params_dtype: torch.dtype = torch.floa
         init_method_std=float(cfg.get("initializer_range", 0.02)),
         use_cpu_initialization=not on_gpu,
     )
+    fields.update(family_of(cfg).config_fields(cfg))
     fields.update(overrides)
     if "bias_dropout_fusion" not in overrides and not fields["hidden_dropout"] and not fields["add_bias_linear"]:
         # No bias and no dropout: megatron's unfused path is then one residual add launched as an
@@ -166,3 +172,19 @@ def pipeline_split(num_layers: int, pp: int) -> dict:
     rest = num_layers - middle * (pp - 2)
     first = (rest + 1) // 2
     return {"num_layers_in_first_pipeline_stage": first, "num_layers_in_last_pipeline_stage": rest - first}
+
+
+def stage_layers(hf_config: dict, pp: int) -> list[range]:
+    """Global layer indices on each pipeline stage, as megatron places them (uneven splits included)."""
+    from megatron.core.transformer.transformer_block import get_num_layers_to_build
+    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+    num_layers = size_of(hf_config).num_layers
+    if pp == 1:
+        return [range(num_layers)]
+    cfg = transformer_config_from_hf(hf_config, pipeline_model_parallel_size=pp, **pipeline_split(num_layers, pp))
+    out = []
+    for r in range(pp):
+        start = get_transformer_layer_offset(cfg, pp_rank=r)
+        out.append(range(start, start + get_num_layers_to_build(cfg, pp_rank=r)))
+    return out
