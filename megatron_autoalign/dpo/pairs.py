@@ -10,7 +10,7 @@ rules (``data.conversations.parse_conversation``): roles, order, non-empty text,
 """
 from __future__ import annotations
 
-from ..data.conversations import parse_conversation
+from ..data.conversations import missing_key, parse_conversation
 
 # Reasons added to the SFT set: bad input (counts toward the threshold) / policy drops (do not).
 PAIR_INVALID_REASONS = ("prompt_mismatch",)
@@ -38,7 +38,7 @@ def parse_pair(record, key: str):
     if not isinstance(record, dict):
         return None, "not_an_object"
     if "chosen" not in record or "rejected" not in record:
-        return None, "missing_key"
+        return None, missing_key(record)
     prompt = _prompt_of(record, key)
     if prompt is not None and not isinstance(prompt, list):
         return None, "bad_message"

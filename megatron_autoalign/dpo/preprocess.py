@@ -1,11 +1,13 @@
-"""Preference pairs (JSON array or JSONL) -> DPO idx/bin + manifest.
+"""Preference pairs (JSON array, JSONL or Parquet) -> DPO idx/bin + manifest.
 
     python -m megatron_autoalign.dpo.preprocess --input prefs.json --output-prefix out/dpo \
         --hf-model-path Qwen2.5-0.5B-Instruct --seq-len 2048 --template qwen
 
 Same templates, masks, manifest and bad-input rules as SFT (``data/``), with two DPO rules:
 - only the final reply (chosen or rejected) is trained; earlier assistant turns are prompt context;
-- a pair never splits: each row holds whole pairs as consecutive documents [chosen, rejected, ...].
+- a pair never splits: each row holds whole pairs as consecutive documents [chosen, rejected, ...];
+- the role rules are strict (no trimming): a pair compares two replies to one prompt, and dropping turns
+  would change the prompt both replies answer.
 ``--seq-len`` bounds each sequence (chosen or rejected, prompt included); a packed row holds several
 pairs in at most 2 x seq-len tokens, an unpacked row exactly one pair.
 """
@@ -13,17 +15,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import numpy as np
 
-from ..data.conversations import INVALID_REASONS, InputReader, load_record
+from ..data.conversations import INVALID_REASONS
 from ..data.encoder import IGNORE_INDEX, PieceEncoder
 from ..data.indexed import AlignedWriter
 from ..data.packing import Packer
 from ..data.pipeline import (
-    add_common_arguments, check_common_arguments, check_output, common_manifest, encoded_in_workers, run_cli,
-    start_encoding,
+    add_common_arguments, check_common_arguments, check_output, common_manifest, encoded_in_workers, open_input,
+    run_cli, start_encoding,
 )
+from ..data.readers import load_record
+from ..data.report import report_lines
 from ..data.skips import SkipCounter
 from ..data.templates import TemplateError
 from .dataset import DPO_FORMAT, FIELDS
@@ -100,7 +105,8 @@ def _sample_texts(batch, key, limit=64):
 
 
 def run(args) -> dict:
-    reader = InputReader(args.input, raw=True)
+    started = time.perf_counter()
+    reader, progress = open_input(args, "pairs")
     tok, enc, template, all_batches = start_encoding(args, reader, BATCH, lambda b: _sample_texts(b, args.key))
     _W.update(key=args.key, template=template, penc=PieceEncoder(enc), seq_len=args.seq_len)
 
@@ -108,8 +114,6 @@ def run(args) -> dict:
     packer = Packer(capacity or 1, args.packing, args.pack_buffer)
     stats = {"records": 0, "pairs": 0, "trained": 0}
     skips = SkipCounter(BAD_REASONS)
-    from tqdm import tqdm
-    bar = tqdm(desc="pairs", unit="rec", disable=True if args.no_progress else None, mininterval=1.0)
 
     def write_rows(writer, rows):
         for row in rows:  # row: list of pairs; documents in order chosen, rejected, chosen, ...
@@ -128,16 +132,17 @@ def run(args) -> dict:
                 stats["trained"] += int((pair[1] != IGNORE_INDEX).sum() + (pair[3] != IGNORE_INDEX).sum())
             stats["records"] += len(pairs) + len(batch_skips)
             stats["pairs"] += len(pairs)
-            bar.update(len(pairs) + len(batch_skips))
+            progress.update(len(pairs), sum(len(p[0]) + len(p[2]) for p in pairs))
         write_rows(writer, packer.flush())
-        bar.close()
+        progress.close()
         check_output(args, writer, skips, stats["records"], "usable preference pairs")
         manifest = {
             "format": DPO_FORMAT,
             **common_manifest(args, tok, enc, reader, writer, skips, stats["records"],
-                              "megatron_autoalign.dpo.preprocess"),
+                              "megatron_autoalign.dpo.preprocess", trained=stats["trained"],
+                              row_capacity=capacity or 2 * args.seq_len, started=started),
             "row_capacity": capacity or 2 * args.seq_len,
-            "num_pairs": stats["pairs"], "num_trained_tokens": stats["trained"],
+            "num_pairs": stats["pairs"],
             "reference": None,  # filled by megatron_autoalign.dpo.score_reference
         }
         writer.commit(manifest)
@@ -145,9 +150,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    return run_cli(parse_args, run, lambda m: (
-        f"{m['num_rows']} rows, {m['num_pairs']} pairs, {m['num_tokens']} tokens ({m['num_trained_tokens']} trained)"),
-        argv)
+    return run_cli(parse_args, run, lambda m: report_lines(m, "num_pairs", "pairs", BAD_REASONS), argv)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_bad_records_skipped_and_counted(tmp_path, qwen_tokenizer_dir):
     rc, prefix = run(tmp_path, qwen_tokenizer_dir, inp, "--max-bad-fraction", "0.2")
     assert rc == 0
     m = PreferenceDataset(prefix).manifest
-    assert m["skipped"] == {"prompt_mismatch": 1, "identical_replies": 1, "missing_key": 1, "wrong_order": 1,
+    assert m["skipped"] == {"prompt_mismatch": 1, "identical_replies": 1, "missing_key": 1, "starts_with_assistant": 1,
                             "too_long": 1, "malformed_json": 1}
     assert m["skipped_examples"]["prompt_mismatch"] == [41] and m["num_pairs"] == 40
 
@@ -103,7 +103,8 @@ def test_threshold_is_a_one_line_error_and_writes_nothing(tmp_path, qwen_tokeniz
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "record 6: missing_key (5 of 10 records invalid" in lines[0]
+    assert len(lines) == 1 and "record 6: 50% of records lack the conversation key (missing_key: keys chosen×5); " \
+        "5 of 10 records are invalid (50.00% > --max-bad-fraction 0.1" in lines[0]
     assert not os.path.exists(tmp_path / "o") or os.listdir(tmp_path / "o") == []
 
 
@@ -147,4 +148,5 @@ def test_shell_wrapper_takes_the_sft_positional_arguments(tmp_path, qwen_tokeniz
       "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "b"}]}, "prompt_mismatch"),
 ])
 def test_parse_pair_reasons(record, reason):
-    assert parse_pair(record, "conversations")[1] == reason
+    got = parse_pair(record, "conversations")[1]
+    assert (got and got.partition(":")[0]) == reason

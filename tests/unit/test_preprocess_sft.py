@@ -80,12 +80,15 @@ BAD = {
     "malformed_json": '{"conversations": [',
     "not_an_object": [1, 2],
     "missing_key": {"dialogue": []},
+    "empty_conversation": {"conversations": []},
     "bad_message": {"conversations": [["human", "hi"], {"from": "gpt", "value": "x"}]},
     "unknown_role": {"conversations": [{"from": "robot", "value": "hi"}, {"from": "gpt", "value": "x"}]},
     "empty_text": {"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "x"}]},
     "non_string_text": {"conversations": [{"from": "human", "value": 42}, {"from": "gpt", "value": "x"}]},
     "no_assistant_turn": {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "hi"}]},
-    "wrong_order": {"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "hi"}]},
+    "wrong_order": {"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
+                                      {"from": "gpt", "value": "x"}]},
+    "no_exchange": {"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "hi"}]},
 }
 
 
@@ -101,15 +104,19 @@ def test_each_bad_record_class_is_skipped_and_counted(tmp_path, qwen_tokenizer_d
 
 
 def test_threshold_fails_before_writing(tmp_path, qwen_tokenizer_dir, capsys):
-    recs = [conv(i) for i in range(98)] + [BAD["unknown_role"], BAD["wrong_order"]]  # 2% bad
+    recs = [conv(i) for i in range(88)] + [BAD["unknown_role"]] * 8 + [BAD["wrong_order"]] * 4  # 12% bad
     inp = write(tmp_path / "d.json", recs)
     rc, prefix = run(tmp_path, qwen_tokenizer_dir, inp)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
-    assert err[0].startswith(f"error: {inp}: record 99: unknown_role") and "2 of 100" in err[0]
+    assert err[0] == (
+        f"error: {inp}: record 89: 8% of records use a role other than system, human/user, gpt/assistant "
+        "(unknown_role: robot×8); 12 of 100 records are invalid (12.00% > --max-bad-fraction 0.1: "
+        "unknown_role=8, wrong_order=4). Rename those roles to human/gpt (or user/assistant) in the data, "
+        "or raise --max-bad-fraction to skip them")
     assert not os.path.exists(os.path.dirname(prefix)) or os.listdir(os.path.dirname(prefix)) == []
-    rc, prefix = run(tmp_path, qwen_tokenizer_dir, inp, "--max-bad-fraction", "0.02")  # at threshold: ok
-    assert rc == 0 and load_manifest(prefix)["skipped"] == {"unknown_role": 1, "wrong_order": 1}
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, inp, "--max-bad-fraction", "0.12")  # at threshold: ok
+    assert rc == 0 and load_manifest(prefix)["skipped"] == {"unknown_role": 8, "wrong_order": 4}
 
 
 def test_malformed_json_array_is_fatal(tmp_path, qwen_tokenizer_dir, capsys):
@@ -124,7 +131,8 @@ def test_json_array_syntax_error_stops_reading(tmp_path):
     whole file; values cut at chunk borders still parse."""
     import hashlib
 
-    from megatron_autoalign.data.conversations import DataError, InputReader
+    from megatron_autoalign.data.conversations import DataError
+    from megatron_autoalign.data.readers import InputReader
 
     records = [conv(i) for i in range(400)]
     good = tmp_path / "good.json"
