@@ -38,3 +38,19 @@ def tiny_4layer_dir():
     from megatron_autoalign.testing.tiny_models import make_tiny_qwen2
 
     return make_tiny_qwen2(_cached("tiny_4layer"), tied=True, num_layers=4, num_kv_heads=4, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir():
+    """Qwen3: q/k norms, no qkv bias, head_dim 32 != hidden/heads 16; tied, 4 layers, 2 KV heads (TP2)."""
+    from megatron_autoalign.testing.tiny_models import make_tiny_qwen3
+
+    return make_tiny_qwen3(_cached("tiny_qwen3"), tied=True, num_layers=4, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_untied_dir():
+    """Qwen3, untied embeddings (like 8B+), 3 layers: an odd count for uneven pipeline splits."""
+    from megatron_autoalign.testing.tiny_models import make_tiny_qwen3
+
+    return make_tiny_qwen3(_cached("tiny_qwen3_untied"), tied=False, num_layers=3, seed=4)

@@ -20,7 +20,7 @@ from megatron.core.transformer.transformer_layer import get_transformer_layer_of
 from .attention import DocumentCausalAttention
 from .linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from .mlp import Qwen2MLP
-from .norm import RMSNorm
+from .norm import HeadRMSNorm, RMSNorm
 from .family import ConfigError
 from .hf_config import family_of, rope_theta, size_of
 
@@ -121,18 +121,30 @@ def layer_spec(
     In the local spec RoPE is applied by ``DocumentCausalAttention`` (fused, from per-document positions),
     so the GPTModel around it is built without megatron's own RoPE (``position_embedding_type``), and
     the MLP can recompute its SwiGLU output in the backward instead of keeping it (``Qwen2MLP``).
+    The family's TransformerConfig chooses the rest: ``qk_layernorm`` (Qwen3) adds a norm over each q and
+    k head (TE's norm, or ``HeadRMSNorm`` in the local spec).
     """
     from megatron.core.models.gpt import gpt_layer_specs
 
     if transformer_impl == "transformer_engine":
-        spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+        if recompute_activation:
+            # Qwen2MLP's storage release/refill is proven on the local spec's linears only; TE's fc2 may
+            # keep its own (e.g. FP8) copy of the activation. Refused rather than silently ignored.
+            raise ConfigError(
+                "--recompute-swiglu works with the local spec only, but Transformer Engine was chosen; "
+                "add --transformer-impl local, or drop --recompute-swiglu"
+            )
+        spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
         from megatron.core.extensions.transformer_engine import TENorm
 
         final_norm = TENorm
     else:
-        spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+        spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=config.qk_layernorm)
         spec.submodules.input_layernorm = RMSNorm
         spec.submodules.pre_mlp_layernorm = RMSNorm
+        if config.qk_layernorm:
+            spec.submodules.self_attention.submodules.q_layernorm = HeadRMSNorm
+            spec.submodules.self_attention.submodules.k_layernorm = HeadRMSNorm
         spec.submodules.self_attention.submodules.core_attention = ModuleSpec(
             module=DocumentCausalAttention, params={"rotary_base": rotary_base}
         )

@@ -81,11 +81,12 @@ def check_model_size(name: str, cfg: dict) -> None:
     family = family_of(cfg)
     prefix, size = split_size_name(name)
     if prefix is not None and prefix not in (family.name, *family.aliases):
-        known = sorted(f.name for f in FAMILIES.values())
-        if prefix not in known + [a for f in FAMILIES.values() for a in f.aliases]:
-            raise ConfigError(f"unknown model family {prefix!r} in size {name!r}; known: {', '.join(known)}")
+        named = [f for f in FAMILIES.values() if prefix in (f.name, *f.aliases)]
+        if not named:
+            known = ", ".join(sorted(f.name for f in FAMILIES.values()))
+            raise ConfigError(f"unknown model family {prefix!r} in size {name!r}; known: {known}")
         raise ConfigError(f"model size {name} is not a {family.display} size, but config.json is {family.display} "
-                          f"(model_type {family.model_type!r})")
+                          f"(model_type {family.model_type!r}); {name} names a {named[0].display} model")
     if size not in family.sizes:
         raise ConfigError(f"unknown model size {name!r} for {family.display}; known: {', '.join(family.sizes)} or auto")
     expected, actual = family.sizes[size], size_of(cfg)

@@ -25,3 +25,17 @@ class RMSNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+class HeadRMSNorm(RMSNorm):
+    """Qwen3's q/k norm: one ``[head_dim]`` weight shared by every head, applied to each head's vector.
+
+    Its input is split over heads (TP), never over the sequence, so the weight is not tagged for sequence
+    parallel. Each TP rank's gradient covers only its own heads: megatron-core's ``finalize_model_grads``
+    sums the gradients of ``q_layernorm`` / ``k_layernorm`` parameters over TP when ``config.qk_layernorm``
+    is set (as every family with this norm sets it).
+    """
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-6, **unused):
+        super().__init__(config, hidden_size, eps)
+        setattr(self.weight, "sequence_parallel", False)

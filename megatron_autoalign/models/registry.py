@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from . import qwen2
+from . import qwen2, qwen3
 from .family import ModelFamily
 
 FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (
     qwen2.FAMILY,
+    qwen3.FAMILY,
 )}

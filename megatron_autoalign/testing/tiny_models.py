@@ -1,4 +1,4 @@
-"""Tiny random Qwen2 HF checkpoints (made with transformers; no hub access needed)."""
+"""Tiny random Qwen2 and Qwen3 HF checkpoints (made with transformers; no hub access needed)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,54 @@ def make_tiny_qwen2(
         use_sliding_window=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).to(dtype)
+    return _save_random(Qwen2ForCausalLM(config).to(dtype), out_dir, max_shard_size)
+
+
+def make_tiny_qwen3(
+    out_dir: str,
+    tied: bool = True,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    head_dim: int = 32,
+    vocab_size: int = TINY_VOCAB,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> str:
+    """Save a random Qwen3ForCausalLM to ``out_dir`` (idempotent) and return the path.
+
+    ``head_dim`` defaults to 32 while hidden_size / heads is 16: a mapping that derived the head width
+    from the hidden size could not pass a parity test.
+    """
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        return out_dir
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+        attention_bias=False,
+        bos_token_id=min(151643, vocab_size - 1),
+        eos_token_id=min(151645, vocab_size - 1),
+        pad_token_id=min(151643, vocab_size - 1),
+        use_sliding_window=False,
+    )
+    torch.manual_seed(seed)
+    return _save_random(Qwen3ForCausalLM(config).to(dtype), out_dir)
+
+
+def _save_random(model, out_dir: str, max_shard_size: str | None = None) -> str:
     # Random non-trivial norms and biases so a wrong mapping of either cannot pass a parity test.
     with torch.no_grad():
         for name, p in model.named_parameters():

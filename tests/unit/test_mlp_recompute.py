@@ -65,3 +65,29 @@ def test_activation_storage_is_released_until_backward():
     assert seen[0].untyped_storage().size() == 0  # released after fc2's forward
     out.sum().backward()
     assert seen[0].untyped_storage().size() > 0  # recomputed for fc2's weight gradient
+
+
+def test_recompute_swiglu_is_refused_on_the_transformer_engine_path(monkeypatch, tiny_4layer_dir):
+    """Where Transformer Engine imports, 'auto' picks its spec, which has no SwiGLU recompute: the trainer's
+    model builder must refuse --recompute-swiglu with one line instead of silently keeping the activation.
+    TE is simulated (this machine has none); the refusal comes before any TE module is touched."""
+    from types import SimpleNamespace
+
+    from megatron_autoalign.checkpoint.torch_dist import ensure_process_group
+    from megatron_autoalign.models import ConfigError, builder, load_hf_config, transformer_config_from_hf
+    from megatron_autoalign.training.model_and_optimizer import build_model
+
+    ensure_process_group()
+    monkeypatch.setattr(builder, "transformer_engine_available", lambda: True)
+    cfg = load_hf_config(tiny_4layer_dir)
+    config = transformer_config_from_hf(cfg, torch.float32)
+    for layers in (True, 3):
+        args = SimpleNamespace(transformer_impl="auto", recompute_swiglu=layers)
+        with pytest.raises(ConfigError, match=r"^--recompute-swiglu works with the local spec only, but Transformer "
+                                              r"Engine was chosen; add --transformer-impl local") as e:
+            build_model(args, cfg, config)
+        assert "\n" not in str(e.value)
+    # the local spec still takes it (what the message tells the user to choose)
+    args = SimpleNamespace(transformer_impl="local", recompute_swiglu=3)
+    chunk, = build_model(args, cfg, config)
+    assert [layer.mlp.recompute_activation for layer in chunk.decoder.layers] == [True, True, True, False]
