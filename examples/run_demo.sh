@@ -36,11 +36,11 @@ DATASET_PATH="$OUT/data/sft" PRETRAIN_CHECKPOINT_PATH="$OUT/mg_base" OUTPUT_BASE
 MODEL_SIZE=auto GPUS_PER_NODE=2 TP=1 PP=2 CP=1 BATCH_SIZE=2 GLOBAL_BATCH_SIZE=8 LR=2e-3 MIN_LR=2e-4 \
 SEQ_LEN=512 PAD_LEN=512 TRAIN_ITERS=30 SAVE_INTERVAL=30 WARMUP_FRACTION=0.1 \
     bash scripts_megatron/train/qwen2_5/sft_conv.sh > "$OUT/sft.log" 2>&1 || { tail -30 "$OUT/sft.log"; exit 1; }
-grep -E "^iteration" "$OUT/sft.log"
+grep -E "\] iteration |training done" "$OUT/sft.log"
 SFT_CKPT=$(ls -d "$OUT"/sft/checkpoint/*/ | head -1)
 python - "$OUT/sft/log" <<'PY'
 import glob, re, sys
-losses = [float(m.group(1)) for f in glob.glob(sys.argv[1] + "/*.log") for m in re.finditer(r"^iteration \d+/\d+ \| loss ([0-9.]+)", open(f).read(), re.M)]
+losses = [float(m.group(1)) for f in glob.glob(sys.argv[1] + "/*.log") for m in re.finditer(r"\] iteration \d+/\d+ \|.* lm loss: ([0-9.E+-]+)", open(f).read(), re.M)]
 assert len(losses) >= 30, f"SFT did not run 30 steps ({len(losses)} loss lines)"
 print(f"SFT loss: first {losses[0]:.3f} -> last {losses[-1]:.3f}")
 assert losses[-1] < 0.7 * losses[0], "SFT loss did not fall"
@@ -54,7 +54,7 @@ MODEL_SIZE=auto GPUS_PER_NODE=2 TP=1 PP=2 CP=1 BATCH_SIZE=4 GLOBAL_BATCH_SIZE=16
 SEQ_LEN=256 PAD_LEN=256 TRAIN_ITERS=20 SAVE_INTERVAL=20 BETA=0.1 LOSS_TYPE=sigmoid REF=precomputed \
 VALID_DATASET_PATH="$OUT/data/dpo" EVAL_INTERVAL=10 \
     bash scripts_megatron/train/qwen2_5/dpo_conv.sh > "$OUT/dpo.log" 2>&1 || { tail -30 "$OUT/dpo.log"; exit 1; }
-grep -E "^iteration|^validation" "$OUT/dpo.log"
+grep -E "\] iteration |^validation|training done" "$OUT/dpo.log"
 DPO_CKPT=$(ls -d "$OUT"/dpo/checkpoint/*/ | head -1)
 python - "$OUT/dpo.log" <<'PY'
 import re, sys

@@ -100,6 +100,10 @@ def build_parser(task_cls=None) -> argparse.ArgumentParser:
     a("--eval-iters", type=int, default=10)
     a("--log-interval", type=int, default=1)
     a("--tensorboard-dir", default=None)
+    a("--wandb-project", default=None, help="log the same scalars as TensorBoard to this Weights & Biases project "
+      "(pip install -e '.[wandb]'; WANDB_MODE=offline writes the run locally)")
+    a("--wandb-exp-name", default=None, help="W&B run name (default: W&B's generated name)")
+    a("--wandb-save-dir", default=None, help="local W&B directory (default: SAVE/wandb)")
     a("--log-json", default=None, help="append one JSON line per step (tests, tooling)")
     a("--max-skipped-steps", type=int, default=10, help="stop with an error after this many NaN/inf steps")
     a("--exit-interval", type=int, default=None, help="stop (and save) after this many iterations in this run")

@@ -12,13 +12,13 @@ import gc
 import os
 import signal
 import sys
-import time
 
 import torch
 import torch.distributed as dist
 
 from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
 from megatron_autoalign.models.flops import batch_training_flops
+from megatron_autoalign.quiet import accelerator_line
 from megatron_autoalign.runtime import device, init_distributed, is_last_rank, print_rank_0
 from megatron_autoalign.runtime.transfer import to_device_async
 
@@ -105,6 +105,8 @@ class Trainer:
             args.virtual_pipeline_model_parallel_size = hf_cfg["num_hidden_layers"] // per
         init_distributed(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                          args.context_parallel_size, args.virtual_pipeline_model_parallel_size, args.seed)
+        if accelerator_line():
+            print_rank_0(accelerator_line())
         self.args, self.hf_cfg = args, hf_cfg
         self.task = task_cls(args)
         self.ctx = TaskContext(args=args, hf_config=hf_cfg)
@@ -137,6 +139,7 @@ class Trainer:
         # step would make the host wait for the optimizer update before it launches the next forward.
         self._stop_group = dist.new_group(backend="gloo") if dist.get_world_size() > 1 else None
         self.log = StepLogger(args, hf_cfg, self.task)
+        self.start_iteration, self.last_checkpoint = self.iteration, None
 
     def _derive_iterations(self):
         a = self.args
@@ -197,12 +200,15 @@ class Trainer:
         except BaseException:
             try:  # best effort: print the last logged step too; the original error is the one that matters
                 self.log.flush()
+                self.log.close()
             except Exception:
                 pass
             raise
         finally:
             gc.unfreeze()  # _train froze the set-up objects; a later run in this process starts clean
         self.log.flush()
+        self.log.summary(self.iteration, self.start_iteration, self.last_checkpoint)
+        self.log.close()
 
     def _train(self):
         a = self.args
@@ -213,8 +219,8 @@ class Trainer:
         gc.collect()
         gc.freeze()
         gbs = a.global_batch_size
-        acc, tokens, flops, t0, last_gn = None, 0, 0.0, time.time(), float("nan")
-        start_iteration = self.iteration
+        acc, tokens, flops, last_gn = None, 0, 0.0, float("nan")
+        start_iteration = self.start_iteration = self.iteration
         for c in self.model:
             c.train()
         batches = None
@@ -236,6 +242,7 @@ class Trainer:
                 batches = self._batches(self.train_ds, self.order.indices(self.state["consumed_samples"] + gbs, gbs))
             stepped, grad_norm = optimizer_step(self.optimizer, a.clip_grad)
             self.log.flush()  # the grad-norm check waited for this step's backward: the last line's values are in
+            self.log.step_done(grad_norm, stepped)
             self.iteration += 1
             self.state["consumed_samples"] += gbs
             if stepped:
@@ -252,20 +259,23 @@ class Trainer:
                 acc = metrics if acc is None else {k: acc[k] + metrics[k] for k in acc}
             if self.iteration % a.log_interval == 0 or self.iteration == a.train_iters:
                 self.log.queue(self.iteration, acc, last_gn, self.optimizer.param_groups[0]["lr"], tokens,
-                               time.time() - t0, self.state["skipped_steps"], self.device, flops)
-                acc, tokens, flops, t0 = None, 0, 0.0, time.time()
+                               self.state["consumed_samples"], self.state["skipped_steps"], self.device, flops)
+                acc, tokens, flops = None, 0, 0.0
             if a.eval_interval and self.valid_ds is not None and self.iteration % a.eval_interval == 0:
-                self.evaluate()
+                with self.log.paused("validation"):
+                    self.evaluate()
             stop = self._should_stop(start_iteration)
             if a.save and (stop or self.iteration == a.train_iters
                            or (a.save_interval and self.iteration % a.save_interval == 0)):
-                self.save()
+                with self.log.paused("checkpoint"):
+                    self.save()
             if stop:
                 self.log.flush()
                 print_rank_0(f"stopping at iteration {self.iteration} ({'SIGTERM' if self._stop else '--exit-interval'})")
                 return
         if self.valid_ds is not None and not (a.eval_interval and self.iteration % a.eval_interval == 0):
-            self.evaluate()  # final validation, unless the interval just ran it
+            with self.log.paused("validation"):
+                self.evaluate()  # final validation, unless the interval just ran it
 
     def _should_stop(self, start_iteration: int) -> bool:
         # Every rank must agree, or ranks would leave the collective schedule at different steps.
@@ -292,6 +302,7 @@ class Trainer:
         if a.overlap_param_gather:
             for m in self.model:
                 m.enable_forward_pre_hook()
+        self.last_checkpoint = path
         print_rank_0(f"saved checkpoint {path}")
 
     def evaluate(self) -> float | None:

@@ -41,7 +41,7 @@ def test_log_lines_carry_their_own_step_in_order(tiny_4layer_dir, tmp_path):
     # stdout: iteration k, then (k = 2, 4) its validation, (k = 3, 5) its checkpoint, then iteration k + 1
     events = []
     for line in stdout.splitlines():
-        if m := re.match(r"iteration (\d+)/5 \|", line):
+        if m := re.search(r"\] iteration (\d+)/5 \|", line):
             events.append(("train", int(m.group(1))))
         elif m := re.match(r"validation at iteration (\d+):", line):
             events.append(("valid", int(m.group(1))))

@@ -24,8 +24,9 @@ export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0,1,2,3,4,5,6,7}
 NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-localhost}
-MASTER_PORT=${MASTER_PORT:-$(shuf -n 1 -i 10000-65535)}
+MASTER_ADDR=${MASTER_ADDR:-}             # NNODES > 1: node 0's address, the same on every node (default localhost)
+MASTER_PORT=${MASTER_PORT:-}             # NNODES > 1: required (or SLURM_JOB_ID); one node: a random free port
+RDZV_TIMEOUT=${RDZV_TIMEOUT:-600}        # seconds the nodes wait for each other before a clear error
 
 # Training Parameters
 MODEL_SIZE=${MODEL_SIZE:-1.5B}
@@ -109,28 +110,17 @@ NAME="dpo-${LOSS_TYPE}-qwen2.5-${MODEL_SIZE}-beta-${BETA}-ref-${REF}-lr-${LR}-bs
 SAVE_PATH="${OUTPUT_BASEPATH}/checkpoint/${NAME}"
 mkdir -p "${SAVE_PATH}" "${OUTPUT_BASEPATH}/tensorboard" "${OUTPUT_BASEPATH}/log"
 
-torchrun_option="--nproc_per_node ${GPUS_PER_NODE} --nnodes ${NNODES} --node_rank ${NODE_RANK} \
-    --master_addr ${MASTER_ADDR} --master_port ${MASTER_PORT}"
+source "${REPO_ROOT}/scripts_megatron/train/launch_common.sh"
+resolve_rendezvous   # sets torchrun_option
 [ "${HAS_GPU}" = "1" ] || export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 common_option="${dataset_option} --pretrained-checkpoint ${PRETRAIN_CHECKPOINT_PATH} \
     --micro-batch-size ${BATCH_SIZE} --global-batch-size ${GLOBAL_BATCH_SIZE} \
     --seq-length ${SEQ_LEN} --max-padding-length ${PAD_LEN} ${precision_option} --seed ${SEED}"
 
-if [ "${REF}" = "precomputed" ] && [ "${LOSS_TYPE}" != "simpo" ]; then
-    # Same TP/PP/CP, precision and micro-batch size as training: the same kernels compute the log-probs.
-    score_cmd="${PYTHON} -m torch.distributed.run ${torchrun_option} -m megatron_autoalign.dpo.score_reference \
-        ${common_option} ${model_parallel_option} ${ref_option} --reuse-existing"
-    echo "${score_cmd}"
-    eval "${score_cmd}" 2>&1 | tee "${OUTPUT_BASEPATH}/log/${NAME}.score.log"
-    rc=${PIPESTATUS[0]}
-    [ "${rc}" = "0" ] || exit "${rc}"
-fi
-
 # --load SAVE_PATH resumes this run's own latest checkpoint when there is one; otherwise the
 # starting checkpoint gives the weights (and the HF config/tokenizer copied next to it).
-cmd="${PYTHON} -m torch.distributed.run ${torchrun_option} -m megatron_autoalign.dpo.train \
-    ${common_option} \
+train_flags="${common_option} \
     --load ${SAVE_PATH} --save ${SAVE_PATH} --save-interval ${SAVE_INTERVAL} \
     --model-size ${MODEL_SIZE} \
     --lr ${LR} --min-lr ${MIN_LR} --lr-decay-style ${LR_DECAY_STYLE} ${iters_option} \
@@ -139,6 +129,13 @@ cmd="${PYTHON} -m torch.distributed.run ${torchrun_option} -m megatron_autoalign
     --log-interval 1 --tensorboard-dir ${OUTPUT_BASEPATH}/tensorboard/${NAME} \
     ${EXTRA_ARGS}"
 
-echo "${cmd}"
-eval "${cmd}" 2>&1 | tee "${OUTPUT_BASEPATH}/log/${NAME}.log"
-exit "${PIPESTATUS[0]}"
+eval "check_flags dpo ${train_flags}"   # a bad flag: one line here, before any worker starts
+
+if [ "${REF}" = "precomputed" ] && [ "${LOSS_TYPE}" != "simpo" ]; then
+    # Same TP/PP/CP, precision and micro-batch size as training: the same kernels compute the log-probs.
+    score_cmd="${PYTHON} -m torch.distributed.run ${torchrun_option} -m megatron_autoalign.dpo.score_reference \
+        ${common_option} ${model_parallel_option} ${ref_option} --reuse-existing"
+    run_logged "$(node_log "${NAME}.score")" "${score_cmd}"
+fi
+run_logged "$(node_log "${NAME}")" \
+    "${PYTHON} -m torch.distributed.run ${torchrun_option} -m megatron_autoalign.dpo.train ${train_flags}"

@@ -18,8 +18,9 @@ export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0,1,2,3,4,5,6,7}
 NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-localhost}
-MASTER_PORT=${MASTER_PORT:-$(shuf -n 1 -i 10000-65535)}
+MASTER_ADDR=${MASTER_ADDR:-}             # NNODES > 1: node 0's address, the same on every node (default localhost)
+MASTER_PORT=${MASTER_PORT:-}             # NNODES > 1: required (or SLURM_JOB_ID); one node: a random free port
+RDZV_TIMEOUT=${RDZV_TIMEOUT:-600}        # seconds the nodes wait for each other before a clear error
 
 # Training Parameters
 MODEL_SIZE=${MODEL_SIZE:-1.5B}
@@ -86,15 +87,14 @@ NAME="sft-qwen2.5-${MODEL_SIZE}-lr-${LR}-minlr-${MIN_LR}-bs-${BATCH_SIZE}-gbs-${
 SAVE_PATH="${OUTPUT_BASEPATH}/checkpoint/${NAME}"
 mkdir -p "${SAVE_PATH}" "${OUTPUT_BASEPATH}/tensorboard" "${OUTPUT_BASEPATH}/log"
 
-torchrun_option="--nproc_per_node ${GPUS_PER_NODE} --nnodes ${NNODES} --node_rank ${NODE_RANK} \
-    --master_addr ${MASTER_ADDR} --master_port ${MASTER_PORT}"
+source "${REPO_ROOT}/scripts_megatron/train/launch_common.sh"
+resolve_rendezvous   # sets torchrun_option
 [ "${HAS_GPU}" = "1" ] || export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 
 # --load SAVE_PATH resumes this run's own latest checkpoint when there is one; otherwise the
 # converted checkpoint gives the starting weights (and the HF config/tokenizer copied next to it).
-cmd="${PYTHON} -m torch.distributed.run ${torchrun_option} -m megatron_autoalign.training.sft \
-    ${dataset_option} \
+train_flags="${dataset_option} \
     --pretrained-checkpoint ${PRETRAIN_CHECKPOINT_PATH} \
     --load ${SAVE_PATH} --save ${SAVE_PATH} --save-interval ${SAVE_INTERVAL} \
     --model-size ${MODEL_SIZE} \
@@ -106,6 +106,6 @@ cmd="${PYTHON} -m torch.distributed.run ${torchrun_option} -m megatron_autoalign
     --seed ${SEED} --log-interval 1 --tensorboard-dir ${OUTPUT_BASEPATH}/tensorboard/${NAME} \
     ${EXTRA_ARGS}"
 
-echo "${cmd}"
-eval "${cmd}" 2>&1 | tee "${OUTPUT_BASEPATH}/log/${NAME}.log"
-exit "${PIPESTATUS[0]}"
+eval "check_flags sft ${train_flags}"   # a bad flag: one line here, before any worker starts
+run_logged "$(node_log "${NAME}")" \
+    "${PYTHON} -m torch.distributed.run ${torchrun_option} -m megatron_autoalign.training.sft ${train_flags}"

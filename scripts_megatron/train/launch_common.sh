@@ -1,0 +1,63 @@
+# Sourced by the training scripts (sft_conv.sh, dpo_conv.sh) after their variable blocks: the node set-up
+# (rendezvous address, one log per node), the flag check before any worker starts, and the logged launch.
+# Uses NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_TIMEOUT GPUS_PER_NODE OUTPUT_BASEPATH PYTHON.
+
+# Several nodes must meet at one address: MASTER_ADDR and MASTER_PORT, the same on every node. A random
+# port per node would make them wait for each other forever, so with NNODES > 1 the port is required
+# (or derived from SLURM_JOB_ID, which every node of a Slurm job shares).
+resolve_rendezvous() {
+    RDZV_TIMEOUT=${RDZV_TIMEOUT:-600}
+    if ! [ "${NODE_RANK}" -ge 0 ] 2>/dev/null || [ "${NODE_RANK}" -ge "${NNODES}" ]; then
+        echo "error: NODE_RANK=${NODE_RANK}: expected 0..$((NNODES - 1)) for NNODES=${NNODES}" >&2
+        exit 2
+    fi
+    if [ "${NNODES}" -gt 1 ]; then
+        if [ -z "${MASTER_PORT}" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+            MASTER_PORT=$((20000 + SLURM_JOB_ID % 40000))
+            echo "MASTER_PORT=${MASTER_PORT} (derived from SLURM_JOB_ID ${SLURM_JOB_ID}, the same on every node)"
+        fi
+        if [ -z "${MASTER_ADDR}" ] || [ -z "${MASTER_PORT}" ]; then
+            echo "error: NNODES=${NNODES} needs MASTER_ADDR (node 0's address) and MASTER_PORT (a free port there)," \
+                 "the same on every node, e.g. MASTER_ADDR=node0.cluster MASTER_PORT=29500" >&2
+            exit 2
+        fi
+    else
+        MASTER_ADDR=${MASTER_ADDR:-localhost}
+        MASTER_PORT=${MASTER_PORT:-$(shuf -n 1 -i 10000-65535)}
+    fi
+    torchrun_option="--nproc_per_node ${GPUS_PER_NODE} --nnodes ${NNODES} --node_rank ${NODE_RANK} \
+    --master_addr ${MASTER_ADDR} --master_port ${MASTER_PORT}"
+    [ "${NNODES}" -gt 1 ] && torchrun_option="${torchrun_option} --rdzv_conf timeout=${RDZV_TIMEOUT}"
+    return 0
+}
+
+# One log file per node (a shared filesystem would interleave the nodes' lines): log/NAME.nodeR.log.
+node_log() {
+    echo "${OUTPUT_BASEPATH}/log/${1}.node${NODE_RANK}.log"
+}
+
+# check_flags TASK FLAGS...: the training flags as the workers will parse them, checked once here.
+check_flags() {
+    local task=$1
+    shift
+    ${PYTHON} -m megatron_autoalign.training.check_args --task "${task}" \
+        --world-size $((NNODES * GPUS_PER_NODE)) -- "$@" || exit $?
+}
+
+# run_logged LOG COMMAND: print and run COMMAND, its output also into LOG; a rendezvous that timed out
+# gets one clear line at the end instead of only the launcher's traceback.
+run_logged() {
+    local log=$1 cmd=$2 rc
+    echo "${cmd}"
+    [ "${NNODES}" -gt 1 ] && echo "node ${NODE_RANK} of ${NNODES}: waiting up to ${RDZV_TIMEOUT}s (RDZV_TIMEOUT) for all nodes at ${MASTER_ADDR}:${MASTER_PORT}"
+    set +e
+    eval "${cmd}" 2>&1 | tee "${log}"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [ "${rc}" != "0" ] && grep -q -E "DistStoreError: Timed out after|socket has timed out .* trying to connect" "${log}"; then
+        echo "error: node ${NODE_RANK}: the rendezvous at ${MASTER_ADDR}:${MASTER_PORT} timed out after" \
+             "${RDZV_TIMEOUT}s: not all ${NNODES} nodes joined (run the same command on every node with the same" \
+             "MASTER_ADDR, MASTER_PORT and NNODES and its own NODE_RANK)" | tee -a "${log}" >&2
+    fi
+    return "${rc}"
+}
