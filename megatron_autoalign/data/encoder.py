@@ -71,7 +71,7 @@ class TiktokenEncoder:
     name = "tiktoken"
 
     def __init__(self, tokenizer):
-        import tiktoken
+        import tiktoken  # noqa: F401  (fail before the work below when it is not installed)
         spec = json.loads(tokenizer.backend_tokenizer.to_str())
         model, pre, norm = spec["model"], spec.get("pre_tokenizer") or {}, spec.get("normalizer")
         if model.get("type") != "BPE" or model.get("byte_fallback") or model.get("dropout") \
@@ -109,10 +109,27 @@ class TiktokenEncoder:
         self.special_ids, plain = _added_tokens(tokenizer)
         extra = {s: len(dense) + i for i, s in enumerate(list(self.special_ids) + list(plain))}
         rank_to_id += [self.special_ids.get(s, plain.get(s)) for s in extra]
-        self.allowed = frozenset(plain)  # non-special added tokens are vocabulary, as in HF
-        self.enc = tiktoken.Encoding("hf_bpe", pat_str=pattern, mergeable_ranks=dense, special_tokens=extra)
-        self.identity = rank_to_id == list(range(len(rank_to_id)))
-        self.rank_to_id = rank_to_id
+        # Everything the encoder is made of, plain data: `from_spec` rebuilds it without the HF tokenizer
+        # (data/tokenizer_cache.py keeps it per tokenizer, so later runs skip this whole constructor).
+        self.spec = {"pattern": pattern, "ranks": dense, "extra": extra, "rank_to_id": rank_to_id, "nfc": self.nfc,
+                     "special_ids": self.special_ids, "plain": plain}
+        self._build(self.spec)
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "TiktokenEncoder":
+        self = cls.__new__(cls)
+        self.spec = spec
+        self._build(spec)
+        return self
+
+    def _build(self, spec: dict) -> None:
+        import tiktoken
+        self.nfc, self.special_ids = spec["nfc"], spec["special_ids"]
+        self.allowed = frozenset(spec["plain"])  # non-special added tokens are vocabulary, as in HF
+        self.enc = tiktoken.Encoding("hf_bpe", pat_str=spec["pattern"], mergeable_ranks=spec["ranks"],
+                                     special_tokens=spec["extra"])
+        self.rank_to_id = spec["rank_to_id"]
+        self.identity = self.rank_to_id == list(range(len(self.rank_to_id)))
 
     @staticmethod
     def _pattern(pre: dict) -> str:

@@ -15,7 +15,8 @@ import threading
 import time
 
 from .conversations import DataError
-from .encoder import build_encoder
+from . import tokenizer_cache
+from .encoder import TiktokenEncoder, build_encoder
 from .manifest import tokenizer_entry
 from .progress import Progress
 from .readers import TRUNCATED_FLAG, open_reader
@@ -71,9 +72,13 @@ def load_tokenizer(path: str, class_name: str):
         tok = _load(os.path.abspath(path), os.path.getmtime(path))
     except Exception as e:
         raise DataError(f"{path}: cannot load tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if class_name.replace("Fast", "") != type(tok).__name__.replace("Fast", ""):
-        print(f"note: TOKENIZER_CLASS {class_name} but {path} holds a {type(tok).__name__}", file=sys.stderr)
+    _check_class(path, class_name, type(tok).__name__)
     return tok
+
+
+def _check_class(path: str, class_name: str, actual: str) -> None:
+    if class_name.replace("Fast", "") != actual.replace("Fast", ""):
+        print(f"note: TOKENIZER_CLASS {class_name} but {path} holds a {actual}", file=sys.stderr)
 
 
 def check_vocab(tok, hf_path: str, extra: int) -> None:
@@ -103,17 +108,31 @@ def start_encoding(args, reader, batch_size: int, sample_texts):
     """(tokenizer, encoder, template, batches): the encoder is verified on texts of the first batch.
 
     ``args`` carries hf_model_path, tokenizer_class, extra_vocab_size, encoder and template;
-    ``sample_texts(batch)`` returns message texts of a batch for that verification."""
-    tok = load_tokenizer(args.hf_model_path, args.tokenizer_class)
-    check_vocab(tok, args.hf_model_path, args.extra_vocab_size)
+    ``sample_texts(batch)`` returns message texts of a batch for that verification. The tokenizer returned
+    is a TokenizerInfo (the facts the manifest records); with a cached encoder (data/tokenizer_cache.py)
+    the HF tokenizer is never loaded, unless the template is the tokenizer's own ("hf")."""
     batches = _batched(reader, batch_size)
     first = next(batches, [])
-    enc = build_encoder(tok, args.encoder, sample_texts(first))
+    samples = sample_texts(first)
+    path, hf_tok = args.hf_model_path, None
+    cached = tokenizer_cache.load(path) if args.encoder != "hf" else None
+    enc = TiktokenEncoder.from_spec(cached[1]) if cached else None
+    if enc is not None and tokenizer_cache.agrees_with_tokenizer(path, enc, samples):
+        info = cached[0]
+        _check_class(path, args.tokenizer_class, info.class_name)
+    else:
+        hf_tok = load_tokenizer(path, args.tokenizer_class)
+        enc, info = build_encoder(hf_tok, args.encoder, samples), tokenizer_cache.TokenizerInfo.of(hf_tok)
+        if isinstance(enc, TiktokenEncoder):
+            tokenizer_cache.store(path, info, enc.spec)
+    check_vocab(info, path, args.extra_vocab_size)
+    if args.template == "hf" and hf_tok is None:
+        hf_tok = load_tokenizer(path, args.tokenizer_class)
     try:
-        template = get_template(args.template, tok, list(enc.special_ids))
+        template = get_template(args.template, hf_tok, list(enc.special_ids))
     except ValueError as e:
         raise DataError(str(e)) from None
-    return tok, enc, template, itertools.chain([first] if first else [], batches)
+    return info, enc, template, itertools.chain([first] if first else [], batches)
 
 
 @contextlib.contextmanager

@@ -210,3 +210,60 @@ def test_workers_and_shell_wrapper_match_in_process(tmp_path, qwen_tokenizer_dir
     for f in ("_input_ids.bin", "_input_ids.idx", "_labels.bin", "_labels.idx"):
         assert open(ref + f, "rb").read() == open(out + f, "rb").read(), f
     assert load_manifest(out)["tokenizer"]["extra_vocab_size"] == 293
+
+
+def test_index_writer_matches_megatron_builder(tmp_path):
+    """Our numpy IndexWriter (no megatron.core import at preprocessing start-up) writes the same bytes as
+    megatron.core's IndexedDatasetBuilder, and megatron.core's IndexedDataset reads them back."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+    from megatron_autoalign.data.indexed import IndexWriter
+
+    rng = np.random.default_rng(0)
+    docs = [[int(n) for n in rng.integers(1, 50, size=rng.integers(1, 5))] for _ in range(30)]
+    ours, ref = IndexWriter(str(tmp_path / "a.bin")), IndexedDatasetBuilder(str(tmp_path / "b.bin"), dtype=np.int32)
+    import torch
+    for lens in docs:
+        toks = rng.integers(0, 151665, size=sum(lens), dtype=np.int32)
+        ours.add_document(toks, lens)
+        ref.add_document(torch.from_numpy(toks), lens)
+    ours.finalize(str(tmp_path / "a.idx"))
+    ref.finalize(str(tmp_path / "b.idx"))
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"a{ext}").read_bytes() == (tmp_path / f"b{ext}").read_bytes(), ext
+    ds = IndexedDataset(str(tmp_path / "a"), mmap=True)
+    assert ds.sequence_lengths.tolist() == [n for lens in docs for n in lens]
+    assert len(ds.document_indices) == len(docs) + 1
+
+
+def test_second_run_uses_the_tokenizer_cache(tmp_path, qwen_tokenizer_dir):
+    """After one run, the encoder comes from the per-tokenizer cache: neither transformers nor torch is
+    imported (the start-up cost), and the output is byte-identical. The key is the tokenizer files' hash."""
+    import shutil
+
+    from megatron_autoalign.data import tokenizer_cache
+
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(qwen_tokenizer_dir, tok_dir)
+    inp = write(tmp_path / "d.json", [conv(i, turns=2) for i in range(6)])
+    code = ("import json, sys; from megatron_autoalign.data.preprocess_sft import main; "
+            "rc = main(sys.argv[1:]); print(json.dumps([rc, 'transformers' in sys.modules, 'torch' in sys.modules]))")
+    env = dict(os.environ, MA_TOKENIZER_CACHE=str(tmp_path / "cache"), PYTHONPATH=REPO)
+    outs = []
+    for k in range(2):
+        out = str(tmp_path / f"o{k}" / "sft")
+        r = subprocess.run([sys.executable, "-c", code, "--input", inp, "--output-prefix", out, "--hf-model-path",
+                            str(tok_dir), "--seq-len", "256", "--workers", "1", "--no-progress"],
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        outs.append((out, json.loads(r.stdout.strip().splitlines()[-1])))
+    assert outs[0][1][:2] == [0, True] and outs[1][1] == [0, False, False]
+    for f in ("_input_ids.bin", "_input_ids.idx", "_labels.bin", "_labels.idx"):
+        assert open(outs[0][0] + f, "rb").read() == open(outs[1][0] + f, "rb").read(), f
+    m0, m1 = load_manifest(outs[0][0]), load_manifest(outs[1][0])
+    assert m0["tokenizer"] == m1["tokenizer"] and m1["encoder"] == "tiktoken"
+    key = tokenizer_cache.files_key(str(tok_dir))
+    assert os.listdir(tmp_path / "cache") == [key + ".pkl"]
+    cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 7}))
+    assert tokenizer_cache.files_key(str(tok_dir)) != key
