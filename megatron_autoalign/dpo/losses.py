@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "rpo", "simpo")
+from .flags import LOSS_TYPES  # declared with the flags (importable without torch)
+
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
            "logps/chosen", "logps/rejected")
 

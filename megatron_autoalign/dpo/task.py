@@ -23,7 +23,8 @@ from ..training.task import Task, TaskContext
 from .batch import collate_pairs
 from .dataset import PreferenceDataset
 from .logprobs import sequence_logps
-from .losses import LOSS_TYPES, PreferenceLossConfig, preference_loss
+from .flags import add_arguments as add_dpo_arguments
+from .losses import PreferenceLossConfig, preference_loss
 
 
 class DPOTask(Task):
@@ -40,15 +41,7 @@ class DPOTask(Task):
 
     @classmethod
     def add_arguments(cls, parser) -> None:
-        g = parser.add_argument_group("DPO")
-        g.add_argument("--loss-type", choices=LOSS_TYPES, default="sigmoid")
-        g.add_argument("--beta", type=float, default=0.1, help="inverse temperature of the implicit reward")
-        g.add_argument("--label-smoothing", type=float, default=0.0, help="cDPO epsilon (sigmoid, rpo)")
-        g.add_argument("--rpo-alpha", type=float, default=1.0, help="weight of the chosen NLL (rpo)")
-        g.add_argument("--simpo-gamma", type=float, default=0.5, help="target reward margin (simpo)")
-        g.add_argument("--reference", choices=("online", "precomputed"), default="online",
-                       help="online: frozen reference model; precomputed: log-probs from dpo.score_reference")
-        g.add_argument("--ref-load", default=None, help="reference checkpoint (default: --pretrained-checkpoint)")
+        add_dpo_arguments(parser)  # dpo/flags.py: light, for a fast --help
 
     # --- data -----------------------------------------------------------------------------------------
     def build_datasets(self, ctx: TaskContext):

@@ -7,6 +7,11 @@ import sys
 
 
 def main(argv=None) -> int:
+    from ..training.help import print_help, wants_help
+
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        return print_help("dpo", "python -m megatron_autoalign.dpo.train")
     from ..training.loop import main as run
     from .task import DPOTask
 

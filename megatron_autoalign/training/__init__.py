@@ -3,6 +3,12 @@
 the SFT task. Entry points: ``python -m megatron_autoalign.training.sft``
 and ``python -m megatron_autoalign.training.train --task sft|dpo``."""
 
-from .task import Task, TaskContext
-
 __all__ = ["Task", "TaskContext"]
+
+
+def __getattr__(name):  # imported on first use: `--help` and the flag check must not wait for torch
+    if name in __all__:
+        from . import task
+
+        return getattr(task, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

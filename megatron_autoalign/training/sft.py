@@ -4,6 +4,11 @@ import sys
 
 
 def main(argv=None) -> int:
+    from .help import print_help, wants_help
+
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        return print_help("sft", "python -m megatron_autoalign.training.sft")
     from .loop import main as run
     from .sft_task import SFTTask
 

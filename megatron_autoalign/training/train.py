@@ -21,7 +21,7 @@ def resolve_task(name: str):
 
 
 def main(argv=None) -> int:
-    from .loop import main as run
+    from .help import print_help, wants_help
 
     argv = list(sys.argv[1:] if argv is None else argv)
     name = "sft"
@@ -29,6 +29,10 @@ def main(argv=None) -> int:
         i = argv.index("--task")
         name = argv[i + 1] if i + 1 < len(argv) else ""
         del argv[i : i + 2]
+    if wants_help(argv):
+        return print_help(name, f"python -m megatron_autoalign.training.train --task {name}")
+    from .loop import main as run
+
     return run(resolve_task(name), argv)
 
 
