@@ -5,8 +5,12 @@
 #   bash bench/run_gpu_suite.sh scaling    # 1.5B seq 8192 data-parallel 2 and 4 GPUs
 #   bash bench/run_gpu_suite.sh 7b         # 7B seq 8192 on 4 GPUs (TP2 x DP2, SP, distributed optimizer)
 #   bash bench/run_gpu_suite.sh upstream   # the upstream sft_conv.sh layout TP2 x PP2 (x DP) vs TP1 PP1
+#   bash bench/run_gpu_suite.sh samework   # component step on the peer's work (unpacked, full causal, every token) vs HF
+#   bash bench/run_gpu_suite.sh profile    # the same step once more with kernel and host profiles
+#   bash bench/run_gpu_suite.sh dpo        # DPO 1.5B, pairs up to 2x4096: ours (online, precomputed) vs TRL (needs trl)
 #   bash bench/run_gpu_suite.sh summary    # one table over every JSON in OUT (bench/summarize.py)
-# REPEAT=N runs each bench_sft configuration (sft1, scaling, 7b) N times (the step is host-bound: runs spread by up to 20%).
+# REPEAT=N runs each bench configuration (sft1, scaling, 7b, samework, dpo) N times (the step is host-bound: runs
+# spread by up to 20%).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -28,6 +32,17 @@ sft() {
   done
 }
 
+# repeat NAME COMMAND...: the command REPEAT times, with --json OUT/NAME[_rN].json, log beside it.
+repeat() {
+  local name=$1; shift
+  for r in $(seq 1 "$REPEAT"); do
+    local tag=$name; [ "$REPEAT" -gt 1 ] && tag=${name}_r$r
+    "$@" --json "$OUT/$tag.json" > "$OUT/$tag.log" 2>&1
+    grep -E "^(ours_|hf_|trl_|ratio)" "$OUT/$tag.log" || tail -20 "$OUT/$tag.log"
+  done
+}
+STEP="python3 -m torch.distributed.run --standalone --nproc_per_node 1 bench/bench_model_step.py --model-size 1.5B --seq-length 8192"
+
 for what in "$@"; do
   case $what in
     tests) python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-tests/gpu} 2>&1 | tail -15 ;;
@@ -43,6 +58,11 @@ for what in "$@"; do
           done ;;
     7b) sft sft_7b_4gpu --model-size 7B --seq-length 8192 --gpus 4 --tp 2 --steps 5 --warmup 2 ;;
     upstream) bash bench/upstream_layout.sh "$OUT" ;;
+    samework) repeat step_1p5b_samework $STEP --peer ;;
+    profile) mkdir -p "$OUT/profile"  # a folder of its own: summary counts only the repeats
+             $STEP --peer --profile --host-profile --json "$OUT/profile/step_1p5b.json" > "$OUT/profile/step_1p5b.log" 2>&1
+             grep -E "^(ours_|step |host syncs|  )" "$OUT/profile/step_1p5b.log" | head -40 ;;
+    dpo) repeat dpo_1p5b python3 bench/bench_dpo.py --model-size 1.5B --seq-len 4096 --peer ;;
     summary) python3 bench/summarize.py "$OUT" | sed '/^\[/,$d' ;;
     *) echo "unknown: $what" >&2 ;;
   esac

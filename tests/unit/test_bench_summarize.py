@@ -69,4 +69,26 @@ def test_cli_prints_table_and_names_skips(folder):
 def test_cli_rejects_a_folder_without_results(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(BENCH, "summarize.py"), str(tmp_path)],
                        capture_output=True, text=True)
-    assert p.returncode != 0 and "no bench_sft JSON results" in p.stderr
+    assert p.returncode != 0 and "no bench JSON results" in p.stderr
+
+
+def test_component_step_and_dpo_files_are_summarised(tmp_path):
+    """bench_model_step files get their own shape (the HF peer of the same file is their peer); bench_dpo
+    rows are compared with TRL's run with the same reference mode."""
+    step_args = {"model_size": "1.5B", "seq_length": 8192, "micro_batch_size": 1, "tp": 1, "packed_docs": 1}
+    for i, (ours, peer) in enumerate([(37000.0, 30000.0), (36000.0, 29000.0), (39000.0, 31000.0)]):
+        (tmp_path / f"step{i}.json").write_text(json.dumps({"args": step_args, "results": [
+            _ours("ours_local_spec_tp1", ours), {"system": PEER, "tokens_per_s": peer, "peak_memory_gb": 64.0}]}))
+    dpo_args = {"model_size": "1.5B", "seq_len": 4096, "pairs": 64}
+    (tmp_path / "dpo.json").write_text(json.dumps({"args": dpo_args, "results": [
+        _ours("ours_dpo_online", 27000.0), _ours("ours_dpo_precomputed", 36000.0),
+        {"system": "trl_dpotrainer_online", "tokens_per_s": 9000.0, "peak_memory_gb": 50.0},
+        {"system": "trl_dpotrainer_precomputed", "tokens_per_s": 12000.0, "peak_memory_gb": 40.0}]}))
+    rows, skipped = load_rows(str(tmp_path))
+    assert skipped == []
+    table = {(r["shape"], r["system"]): r for r in summarize(rows)}
+    step = table[("1.5B seq 8192 mb 1 step", "ours_local_spec_tp1")]
+    assert (step["runs"], step["tokens_per_s_per_gpu_median"], step["min"], step["max"]) == (3, 37000.0, 36000.0, 39000.0)
+    assert step["ratio_to_peer"] == pytest.approx(37000.0 / 30000.0)
+    assert table[("DPO 1.5B 2x4096", "ours_dpo_online")]["ratio_to_peer"] == pytest.approx(3.0)
+    assert table[("DPO 1.5B 2x4096", "ours_dpo_precomputed")]["ratio_to_peer"] == pytest.approx(3.0)
