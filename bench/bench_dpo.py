@@ -4,20 +4,23 @@ What runs (one command on any GPU box with trl installed, nothing downloaded):
 1. a real Qwen2.5 tokenizer built offline and a random-weight HF model of the chosen Qwen2.5 shape (bf16
    safetensors), converted to a Megatron checkpoint (both systems start from the same weights);
 2. synthetic preference pairs as chat records (a user prompt, two assistant replies; each side at most
-   ``--seq-len`` tokens with the template) -> our DPO preprocessing, packed rows of 2 x seq-len tokens;
+   ``--seq-len`` tokens with the template) -> our DPO preprocessing, packed rows of 2 x ``--pack-seq-len``
+   tokens (default: the same as --seq-len; a larger value packs more whole pairs into each row);
 3. ours: ``python -m megatron_autoalign.dpo.train`` with ``--reference online`` (frozen reference model),
    then the reference scoring pass (``dpo.score_reference``, timed) and ``--reference precomputed``;
 4. the peer: TRL's ``DPOTrainer`` on the SAME records (conversational format, the tokenizer's Qwen chat
    template), one pair per step (the chosen and rejected sequences padded to one length and run as one
    batch of two, as TRL does), fp32 parameters + bf16 autocast, SDPA, TRL's defaults otherwise (gradient
    checkpointing on, fused AdamW), with its own reference model and with ``precompute_ref_log_probs``.
-Each system runs in its own process, warm-up steps first, then measured steps.
+Each system runs in its own process, warm-up steps first, then measured steps; ``--repeat N`` runs the list
+N times over the same prepared data (``bench/summarize.py`` gives median, minimum and maximum).
 
 tokens/s counts real tokens (prompt + reply of both sides, no padding). MFU is on the FLOPs each system
 computes usefully (``models/flops.py``: causal attention per sequence, vocabulary projection of the
 reply tokens, the reference forward as one more forward), the same count for both systems.
 
     python bench/bench_dpo.py --model-size 1.5B --seq-len 4096 --peer
+    python bench/bench_dpo.py --model-size 1.5B --seq-len 4096 --pack-seq-len 8192 --peer --repeat 3
 """
 
 from __future__ import annotations
@@ -91,11 +94,12 @@ def prepare(args, work: str) -> dict:
                         "--save-path", mg, "--precision", "bf16" if cuda else "fp32", "--no-progress"],
                        check=True, cwd=ROOT)
     records = os.path.join(work, f"pairs_{args.seq_len}_{args.pairs}.jsonl")
-    prefix = os.path.join(work, f"dpo_{args.seq_len}_{args.pairs}")
+    prefix = os.path.join(work, f"dpo_{args.seq_len}_{args.pack_seq_len}_{args.pairs}")
     if not os.path.exists(prefix + "_manifest.json"):
-        write_records(records, args.pairs, args.seq_len)
+        if not os.path.exists(records):
+            write_records(records, args.pairs, args.seq_len)
         subprocess.run([sys.executable, "-m", "megatron_autoalign.dpo.preprocess", "--input", records,
-                        "--output-prefix", prefix, "--hf-model-path", hf, "--seq-len", str(args.seq_len),
+                        "--output-prefix", prefix, "--hf-model-path", hf, "--seq-len", str(args.pack_seq_len),
                         "--key", "messages", "--template", "qwen", "--packing", "--no-progress"], check=True, cwd=ROOT)
     return {"hf": hf, "mg": mg, "records": records, "prefix": prefix, "cfg": cfg, "cuda": cuda}
 
@@ -122,7 +126,7 @@ def run_ours(args, data: dict, reference: str, log: str) -> dict:
     records = [json.loads(line) for line in open(log) if '"tokens_per_s"' in line]
     measured = records[args.warmup:]
     return {
-        "system": f"ours_dpo_{reference}" + "".join(f"_{f.lstrip('-')}" for f in args.extra.split()),
+        "system": f"ours_dpo_{reference}_rows{2 * args.pack_seq_len}" + "".join(f"_{f.lstrip('-')}" for f in args.extra.split()),
         "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in measured),
         "median_step_tokens_per_s": statistics.median(r["tokens_per_s"] for r in measured),
         "mfu_actual": statistics.mean(r.get("mfu_actual", 0.0) for r in measured),
@@ -219,7 +223,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-size", default="1.5B", help="a Qwen2.5 size, or 'tiny' to check the script on a CPU")
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per sequence (chosen or rejected), at most")
+    p.add_argument("--pack-seq-len", type=int, default=None,
+                   help="our preprocessing's --seq-len: rows of 2x this many tokens (default: --seq-len)")
     p.add_argument("--pairs", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=1, help="run the list of systems this many times")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--peer", action="store_true", help="also run TRL's DPOTrainer (needs trl)")
@@ -229,6 +236,7 @@ def main():
     p.add_argument("--work", default=os.path.join(ROOT, ".bench_out"))
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    args.pack_seq_len = args.pack_seq_len or args.seq_len
 
     work = os.path.join(args.work, f"dpo_{args.model_size}")
     os.makedirs(work, exist_ok=True)
@@ -237,7 +245,7 @@ def main():
     if not args.peer:
         systems = [s for s in systems if not s.startswith("trl")]
     results = []
-    for s in systems:
+    for s in systems * args.repeat:
         if s in ("online", "precomputed"):
             results.append(run_ours(args, data, s, os.path.join(work, f"train_{s}.jsonl")))
         elif s.startswith("trl_"):
@@ -248,16 +256,19 @@ def main():
     import torch
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"\nDPO {args.model_size}, pairs of up to 2x{args.seq_len} tokens, 1x {gpu}")
+    print(f"\nDPO {args.model_size}, pairs of up to 2x{args.seq_len} tokens (ours: rows of {2 * args.pack_seq_len}), 1x {gpu}")
     print(f"{'system':52s} {'tokens/s':>10s} {'MFU':>6s} {'peak GB':>8s}")
     for r in results:
         mfu = f"{100 * r['mfu_actual']:.1f}%" if r.get("mfu_actual") else "-"
         print(f"{r['system']:52s} {r['tokens_per_s']:10.0f} {mfu:>6s} {r['peak_memory_gb']:8.1f}")
-    by = {r["system"]: r for r in results}
-    for ours, peer in (("ours_dpo_online", "trl_dpotrainer_online"), ("ours_dpo_precomputed", "trl_dpotrainer_precomputed"),
-                       ("ours_dpo_online", "trl_dpotrainer_online_no-gradient-checkpointing")):
-        if ours in by and peer in by:
-            print(f"ratio {ours} / {peer}: {by[ours]['tokens_per_s'] / by[peer]['tokens_per_s']:.2f}x")
+    by: dict[str, list] = {}
+    for r in results:
+        by.setdefault(r["system"], []).append(r["tokens_per_s"])
+    pairs = [(o, p) for o in by for p in by if o.startswith("ours_dpo_") and p.startswith("trl_dpotrainer_")
+             and o.split("_")[2] == p.split("_")[2]]  # same reference mode: online / precomputed
+    for ours, peer in pairs:
+        print(f"ratio {ours} / {peer} (medians of {len(by[ours])} and {len(by[peer])} runs): "
+              f"{statistics.median(by[ours]) / statistics.median(by[peer]):.2f}x")
     print("MFU: on the FLOPs computed usefully (models/flops.py), the same count for both systems")
     out = json.dumps({"gpu": gpu, "args": vars(args), "results": results}, indent=1)
     print(out)

@@ -8,6 +8,7 @@
 #   bash bench/run_gpu_suite.sh samework   # component step on the peer's work (unpacked, full causal, every token) vs HF
 #   bash bench/run_gpu_suite.sh profile    # the same step once more with kernel and host profiles
 #   bash bench/run_gpu_suite.sh dpo        # DPO 1.5B, pairs up to 2x4096: ours (online, precomputed) vs TRL (needs trl)
+#   bash bench/run_gpu_suite.sh ckpt       # torch_dist save and resume time of the 1.5B shape with Adam state
 #   bash bench/run_gpu_suite.sh summary    # one table over every JSON in OUT (bench/summarize.py)
 # REPEAT=N runs each bench configuration (sft1, scaling, 7b, samework, dpo) N times (the step is host-bound: runs
 # spread by up to 20%).
@@ -62,7 +63,12 @@ for what in "$@"; do
     profile) mkdir -p "$OUT/profile"  # a folder of its own: summary counts only the repeats
              $STEP --peer --profile --host-profile --json "$OUT/profile/step_1p5b.json" > "$OUT/profile/step_1p5b.log" 2>&1
              grep -E "^(ours_|step |host syncs|  )" "$OUT/profile/step_1p5b.log" | head -40 ;;
-    dpo) repeat dpo_1p5b python3 bench/bench_dpo.py --model-size 1.5B --seq-len 4096 --peer ;;
+    # DPO_PACK: our rows hold 2 x DPO_PACK tokens of whole pairs (default 8192: rows of 16384)
+    dpo) python3 bench/bench_dpo.py --model-size 1.5B --seq-len 4096 --pack-seq-len "${DPO_PACK:-8192}" --peer \
+           --repeat "$REPEAT" --json "$OUT/dpo_1p5b.json" > "$OUT/dpo_1p5b.log" 2>&1
+         grep -E "^(ours_|trl_|ratio)" "$OUT/dpo_1p5b.log" || tail -20 "$OUT/dpo_1p5b.log" ;;
+    ckpt) python3 -m torch.distributed.run --standalone --nproc_per_node 1 bench/bench_checkpoint_save.py \
+            --model-size 1.5B --json "$OUT/ckpt_1p5b.json" > "$OUT/ckpt_1p5b.log" 2>&1; tail -8 "$OUT/ckpt_1p5b.log" ;;
     summary) python3 bench/summarize.py "$OUT" | sed '/^\[/,$d' ;;
     *) echo "unknown: $what" >&2 ;;
   esac

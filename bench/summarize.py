@@ -24,7 +24,6 @@ import statistics
 import sys
 
 PEER_PREFIX = "hf_transformers"
-DPO_PEER = {"ours_dpo_online": "trl_dpotrainer_online", "ours_dpo_precomputed": "trl_dpotrainer_precomputed"}
 
 
 def _is_peer(system: str) -> bool:
@@ -84,7 +83,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                "mfu_median": statistics.median(r.get("mfu") or 0.0 for r in rs),
                # MFU on the FLOPs actually computed (models/flops.py); older JSON files have only "mfu"
                "mfu_actual_median": statistics.median(r.get("mfu_actual") or 0.0 for r in rs)}
-        peer_key = (shape, DPO_PEER.get(name, PEER_PREFIX))
+        # DPO: ours_dpo_<reference mode>_... against trl_dpotrainer_<same mode>
+        peer_key = (shape, f"trl_dpotrainer_{name.split('_')[2]}" if name.startswith("ours_dpo_") else PEER_PREFIX)
         if peer_key in peer and not _is_peer(name):
             row["ratio_to_peer"] = med / peer[peer_key]
         base_extra = rs[0]["extra"] if (shape, rs[0]["extra"]) in single else ""

@@ -81,7 +81,7 @@ def test_component_step_and_dpo_files_are_summarised(tmp_path):
             _ours("ours_local_spec_tp1", ours), {"system": PEER, "tokens_per_s": peer, "peak_memory_gb": 64.0}]}))
     dpo_args = {"model_size": "1.5B", "seq_len": 4096, "pairs": 64}
     (tmp_path / "dpo.json").write_text(json.dumps({"args": dpo_args, "results": [
-        _ours("ours_dpo_online", 27000.0), _ours("ours_dpo_precomputed", 36000.0),
+        _ours("ours_dpo_online_rows8192", 27000.0), _ours("ours_dpo_precomputed_rows8192", 36000.0),
         {"system": "trl_dpotrainer_online", "tokens_per_s": 9000.0, "peak_memory_gb": 50.0},
         {"system": "trl_dpotrainer_precomputed", "tokens_per_s": 12000.0, "peak_memory_gb": 40.0}]}))
     rows, skipped = load_rows(str(tmp_path))
@@ -90,5 +90,5 @@ def test_component_step_and_dpo_files_are_summarised(tmp_path):
     step = table[("1.5B seq 8192 mb 1 step", "ours_local_spec_tp1")]
     assert (step["runs"], step["tokens_per_s_per_gpu_median"], step["min"], step["max"]) == (3, 37000.0, 36000.0, 39000.0)
     assert step["ratio_to_peer"] == pytest.approx(37000.0 / 30000.0)
-    assert table[("DPO 1.5B 2x4096", "ours_dpo_online")]["ratio_to_peer"] == pytest.approx(3.0)
-    assert table[("DPO 1.5B 2x4096", "ours_dpo_precomputed")]["ratio_to_peer"] == pytest.approx(3.0)
+    assert table[("DPO 1.5B 2x4096", "ours_dpo_online_rows8192")]["ratio_to_peer"] == pytest.approx(3.0)
+    assert table[("DPO 1.5B 2x4096", "ours_dpo_precomputed_rows8192")]["ratio_to_peer"] == pytest.approx(3.0)
