@@ -1,4 +1,4 @@
-"""HF <-> Megatron conversion for Qwen2.5 (single process, CPU is enough; no torchrun).
+"""HF <-> Megatron conversion for every registered family: Qwen2.5, Qwen3 (single process, CPU is enough).
 
     python -m megatron_autoalign.checkpoint.convert --load-path HF_DIR --save-path MG_DIR \\
         --model-size 1.5B --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --precision bf16
@@ -27,11 +27,13 @@ from .layout import DTYPES
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m megatron_autoalign.checkpoint.convert",
-        description="Convert Qwen2.5 checkpoints between HF safetensors and Megatron (torch_dist or legacy torch).",
+        description="Convert Qwen2.5 / Qwen3 checkpoints between HF safetensors and Megatron (torch_dist or legacy torch).",
     )
     p.add_argument("--load-path", required=True, help="source: an HF model dir (HF->MG) or a Megatron checkpoint dir (MG->HF; root with tracker, or release/ / iter_N/)")
     p.add_argument("--save-path", required=True, help="destination directory; must not exist or be empty")
-    p.add_argument("--model-size", default="auto", help="0.5B, 1.5B, 3B, 7B, 14B, 32B, 72B (checked against config.json) or auto")
+    p.add_argument("--model-size", default="auto", help="a named size, checked against config.json (whose model_type picks the family): Qwen2.5 "
+                        "0.5B 1.5B 3B 7B 14B 32B 72B, Qwen3 qwen3-0.6B qwen3-1.7B qwen3-4B qwen3-8B qwen3-14B "
+                        "qwen3-32B (a size without prefix is looked up in the config's family); or auto")
     p.add_argument("--tensor-model-parallel-size", "--tp", dest="tp", type=int, default=1,
                    help="TP: the layout of a legacy checkpoint; for torch_dist only validated and recorded (it loads at any TP)")
     p.add_argument("--pipeline-model-parallel-size", "--pp", dest="pp", type=int, default=1,

@@ -51,6 +51,50 @@ class Qwen(ChatML):
     default_system = QWEN_DEFAULT_SYSTEM
 
 
+def split_thinking(text: str) -> tuple[str, str]:
+    """(reasoning, reply) of an assistant message that may hold ``<think>...</think>``, as Qwen3's template
+    splits it: reasoning = before the first ``</think>``, after the last ``<think>``, without surrounding
+    newlines; reply = after the last ``</think>``, leading newlines dropped. No ``</think>``: ('', text)."""
+    if "</think>" not in text:
+        return "", text
+    reasoning = text.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+    return reasoning.strip("\n"), text.split("</think>")[-1].lstrip("\n")
+
+
+class Qwen3(ChatML):
+    """Qwen3's chat template for conversations without tools. No default system prompt. Assistant turns
+    after the last user message carry a think block: ``<think>\n{reasoning}\n</think>\n\n{reply}``, the
+    last turn always (an empty block when it has no reasoning), earlier ones only when they have reasoning;
+    turns before the last user message keep only their reply (their reasoning is dropped).
+
+    Trained: what the model generates after the generation prompt of its mode. A thinking turn is
+    generated after ``<|im_start|>assistant\n`` (``enable_thinking`` on, the default), so its whole think
+    block is trained. A non-thinking turn's empty block ``<think>\n\n</think>\n\n`` is exactly what
+    ``enable_thinking=False`` puts into the prompt, so it is masked and only reply + ``<|im_end|>`` are
+    trained. Message text with ``<think>`` typed in stays text (content pieces)."""
+    name = "qwen3"
+
+    def render(self, messages: list[tuple[str, str]]) -> list[Piece]:
+        users = [i for i, (role, _) in enumerate(messages) if role == "user"]
+        last_query = users[-1] if users else len(messages) - 1
+        out = []
+        for i, (role, text) in enumerate(messages):
+            out.append(Piece(f"<|im_start|>{role}\n"))
+            if role != "assistant":
+                out += [Piece(text, True), Piece("<|im_end|>\n")]
+                continue
+            reasoning, reply = split_thinking(text)
+            if i > last_query and (i == len(messages) - 1 or reasoning):
+                if reasoning:
+                    out += [Piece("<think>\n", trained=True), Piece(reasoning, True, True),
+                            Piece("\n</think>\n\n", trained=True)]
+                else:
+                    out.append(Piece("<think>\n\n</think>\n\n"))
+                reply = reply.lstrip("\n")
+            out += [Piece(reply, True, True), Piece("<|im_end|>", trained=True), Piece("\n", turn_end=True)]
+        return [p for p in out if p.text]
+
+
 class Llama3Instruct:
     """Llama 3 instruct: `<|begin_of_text|>` then `<|start_header_id|>{role}<|end_header_id|>\\n\\n{text}<|eot_id|>`;
     message text is trimmed, as Llama 3's own template does. Trained: reply + `<|eot_id|>`."""
@@ -128,7 +172,7 @@ class HFTemplate:
             raise TemplateError(f"chat template failed: {e}") from None
 
 
-BUILTIN = {"chatml": ChatML, "qwen": Qwen, "llama-3-instruct": Llama3Instruct}
+BUILTIN = {"chatml": ChatML, "qwen": Qwen, "qwen3": Qwen3, "llama-3-instruct": Llama3Instruct}
 KNOWN = sorted(BUILTIN) + ["hf"]
 
 

@@ -141,3 +141,32 @@ def build_qwen2_tokenizer(out_dir: str) -> str:
     with open(marker, "w") as f:
         json.dump({"num_tokens": len(hf)}, f)
     return out_dir
+
+
+# Qwen3's tokenizer is Qwen2.5's plus four ordinary (non-special) added tokens, ids 151665..151668.
+QWEN3_ADDED_TOKENS = ("<tool_response>", "</tool_response>", "<think>", "</think>")
+
+
+def build_qwen3_tokenizer(out_dir: str) -> str:
+    """Qwen3's tokenizer into out_dir: Qwen2.5's plus ``<think>`` & co. No chat template is stored (the
+    project's Qwen2.5 one would be wrong here); preprocess Qwen3 data with ``--template qwen3``."""
+    out_dir = str(out_dir)
+    marker = os.path.join(out_dir, ".built_qwen3")
+    if os.path.exists(marker):
+        return out_dir
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(build_qwen2_tokenizer(os.path.join(out_dir, "qwen2.5")))
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN3_ADDED_TOKENS])
+    for i, t in enumerate(QWEN3_ADDED_TOKENS):
+        if tok.convert_tokens_to_ids(t) != NUM_BPE_TOKENS + len(SPECIAL_TOKENS) + i:
+            raise RuntimeError(f"{t} got id {tok.convert_tokens_to_ids(t)}")
+    tok.chat_template = None
+    tok.save_pretrained(out_dir)
+    for name in ("chat_template.jinja",):
+        if os.path.exists(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    with open(marker, "w") as f:
+        json.dump({"num_tokens": len(tok)}, f)
+    return out_dir

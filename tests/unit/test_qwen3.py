@@ -129,3 +129,14 @@ def test_legacy_local_layout_is_the_local_models_state_dict(request, family_dir)
     model = build_gpt_model(cfg, transformer_config_from_hf(cfg, torch.float32))
     layer0 = [k[len("decoder.layers.0."):] for k in model.state_dict() if k.startswith("decoder.layers.0.")]
     assert layer0 == [name for name, _ in legacy_layer_entries(family_of(cfg).layer_tensors, use_te=False)]
+
+
+def test_convertor_script_takes_qwen3_sizes(tiny_qwen3_dir, tmp_path):
+    """The upstream positional script passes a Qwen3 size through to the check against config.json (one line,
+    exit 2 when it does not match). Conversion itself is the CLI's, tested above."""
+    from tests.unit.test_convert_parity import SCRIPT, _run
+
+    p = _run(["bash", SCRIPT, "qwen3-8B", tiny_qwen3_dir, str(tmp_path / "mg"), "1", "1", "fp32", "true", "false"])
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2 and len(errors) == 1, p.stderr[-2000:]
+    assert "config.json: model size qwen3-8B does not match config.json (num_layers: qwen3-8B has 36, config has 4" in errors[0]

@@ -146,7 +146,7 @@ def test_hf_template_not_incremental_is_template_error(tok, penc, tmp_path):
 
 
 def test_unknown_template_lists_known(tok):
-    with pytest.raises(ValueError, match="known templates: chatml, llama-3-instruct, qwen, hf"):
+    with pytest.raises(ValueError, match="known templates: chatml, llama-3-instruct, qwen, qwen3, hf"):
         get_template("vicuna", tok)
 
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# HF <-> Megatron checkpoint conversion for Qwen2.5 (thin wrapper; works from any directory, no GPU needed).
+# HF <-> Megatron checkpoint conversion for Qwen2.5 and Qwen3 (thin wrapper; any directory, no GPU needed).
 #
 #   bash hf2mcore_qwen2.5_convertor.sh MODEL_SIZE SRC DST TP PP PRECISION USE_TE MG2HF [ORIGINAL_HF_PATH]
 #
-#   MODEL_SIZE  0.5B 1.5B 3B 7B 14B 32B 72B (checked against config.json) or auto
+#   MODEL_SIZE  Qwen2.5: 0.5B 1.5B 3B 7B 14B 32B 72B    Qwen3: qwen3-0.6B qwen3-1.7B qwen3-4B qwen3-8B
+#               qwen3-14B qwen3-32B    or auto. Checked against config.json, whose model_type picks the family
 #   PRECISION   bf16 | fp16 | fp32        USE_TE  true | false (legacy layout naming)
 #   MG2HF       false: HF -> Megatron (torch_dist, tracker 'release')   true: Megatron -> HF
 #   ORIGINAL_HF_PATH  MG2HF=true: where config.json and tokenizer files come from
@@ -14,7 +15,7 @@
 set -euo pipefail
 
 if [ "$#" -lt 8 ] || [ "$#" -gt 9 ]; then
-    sed -n '2,13p' "$0" >&2
+    sed -n '2,14p' "$0" >&2
     exit 2
 fi
 
