@@ -113,7 +113,9 @@ def start_encoding(args, reader, batch_size: int, sample_texts):
     the HF tokenizer is never loaded, unless the template is the tokenizer's own ("hf")."""
     batches = _batched(reader, batch_size)
     first = next(batches, [])
-    samples = sample_texts(first)
+    # Verification cost must not grow with message length (replies of 30k characters are common):
+    # the first 64 texts, each cut to 2,000 characters (still a string both encoders must agree on).
+    samples = [t[:2000] for t in sample_texts(first)[:64]]
     path, hf_tok = args.hf_model_path, None
     cached = tokenizer_cache.load(path) if args.encoder != "hf" else None
     enc = TiktokenEncoder.from_spec(cached[1]) if cached else None
