@@ -150,3 +150,18 @@ def test_shell_wrapper_takes_the_sft_positional_arguments(tmp_path, qwen_tokeniz
 def test_parse_pair_reasons(record, reason):
     got = parse_pair(record, "conversations")[1]
     assert (got and got.partition(":")[0]) == reason
+
+
+def test_truncated_input_and_report(tmp_path, qwen_tokenizer_dir, capsys):
+    """DPO shares the reader, the threshold and the report with SFT: a cut-off array is kept on request."""
+    import json
+    text = json.dumps([sharegpt(i) for i in range(6)])
+    p = tmp_path / "p.json"
+    p.write_text(text[:text.index('{"conversations"', 10 + text.index('"What is 4 plus 4?"')) + 30])
+    rc, _ = run(tmp_path, qwen_tokenizer_dir, str(p))
+    assert rc == 2 and "the file ends inside record 6" in capsys.readouterr().err
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, str(p), "--keep-truncated")
+    m = PreferenceDataset(prefix).manifest
+    assert rc == 0 and m["num_pairs"] == 5 and m["skipped"] == {"truncated_record": 1} and m["input_truncated"]
+    table = [" ".join(line.split()) for line in capsys.readouterr().err.splitlines()]
+    assert "pairs kept 5 83.3%" in table and "truncated_record (policy) 1 first records 6" in table

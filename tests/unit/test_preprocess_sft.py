@@ -267,3 +267,30 @@ def test_second_run_uses_the_tokenizer_cache(tmp_path, qwen_tokenizer_dir):
     cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
     (tok_dir / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 7}))
     assert tokenizer_cache.files_key(str(tok_dir)) != key
+
+
+def test_cached_encoder_that_disagrees_is_not_used(tmp_path, qwen_tokenizer_dir, monkeypatch):
+    """A cache entry whose encoder disagrees with the tokenizer on the data (a corrupted or stale file) is
+    ignored: the run takes the full path (HF tokenizer, fresh verified encoder) and writes correct ids."""
+    import pickle
+
+    from megatron_autoalign.data import tokenizer_cache
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("MA_TOKENIZER_CACHE", str(tmp_path / "cache"))
+    inp = write(tmp_path / "d.json", [conv(i) for i in range(5)])
+    assert run(tmp_path, qwen_tokenizer_dir, inp, prefix="a/sft")[0] == 0
+    entry = tmp_path / "cache" / (tokenizer_cache.files_key(qwen_tokenizer_dir) + ".pkl")
+    cached = pickle.loads(entry.read_bytes())
+    q = AutoTokenizer.from_pretrained(qwen_tokenizer_dir).encode("Question")[0]
+    r2i = cached["spec"]["rank_to_id"]
+    i, j = r2i.index(q), r2i.index(q + 1)
+    r2i[i], r2i[j] = r2i[j], r2i[i]  # "Question" now encodes to a wrong id
+    entry.write_bytes(pickle.dumps(cached))
+    bad = tokenizer_cache.load(qwen_tokenizer_dir)
+    from megatron_autoalign.data.encoder import TiktokenEncoder
+    assert TiktokenEncoder.from_spec(bad[1]).encode("Question") == [q + 1]
+    assert run(tmp_path, qwen_tokenizer_dir, inp, prefix="b/sft")[0] == 0
+    for f in ("_input_ids.bin", "_labels.bin"):
+        assert (tmp_path / f"a/sft{f}").read_bytes() == (tmp_path / f"b/sft{f}").read_bytes()
+    assert tokenizer_cache.load(qwen_tokenizer_dir)[1]["rank_to_id"][i] == q  # rewritten by the full path
