@@ -241,6 +241,9 @@ def main():
     work = os.path.join(args.work, f"dpo_{args.model_size}")
     os.makedirs(work, exist_ok=True)
     data = prepare(args, work)
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     systems = args.systems.split(",")
     if not args.peer:
         systems = [s for s in systems if not s.startswith("trl")]
@@ -253,9 +256,12 @@ def main():
                                    gradient_checkpointing=not s.endswith("no_gc")))
         else:
             raise SystemExit(f"unknown system {s}")
-    import torch
-
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+        r = results[-1]  # printed and saved as it comes: a run cut short by a time limit keeps the finished ones
+        print(f"RESULT {r['system']} tokens/s {r['tokens_per_s']:.0f} MFU {r.get('mfu_actual') or 0:.3f}", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"gpu": gpu, "args": vars(args), "results": results}, f, indent=1)
+    out = json.dumps({"gpu": gpu, "args": vars(args), "results": results}, indent=1)
     print(f"\nDPO {args.model_size}, pairs of up to 2x{args.seq_len} tokens (ours: rows of {2 * args.pack_seq_len}), 1x {gpu}")
     print(f"{'system':52s} {'tokens/s':>10s} {'MFU':>6s} {'peak GB':>8s}")
     for r in results:
@@ -270,11 +276,7 @@ def main():
         print(f"ratio {ours} / {peer} (medians of {len(by[ours])} and {len(by[peer])} runs): "
               f"{statistics.median(by[ours]) / statistics.median(by[peer]):.2f}x")
     print("MFU: on the FLOPs computed usefully (models/flops.py), the same count for both systems")
-    out = json.dumps({"gpu": gpu, "args": vars(args), "results": results}, indent=1)
     print(out)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(out)
 
 
 if __name__ == "__main__":
