@@ -7,6 +7,7 @@ Measured on CPU: loss max diff 0.0 (TP2·PP2·SP) and 9.5e-7 (TP2·CP2·SP), gra
 """
 
 import pytest
+import torch
 
 from tests.distributed.sft_common import base_args, convert, run_all
 
@@ -25,9 +26,10 @@ def test_qwen3_loss_curve_is_layout_invariant(tiny_qwen3_dir, tmp_path):
     def run(name, *extra):
         return name, base_args(data, ckpt, str(tmp_path / f"{name}.jsonl"), STEPS, extra)
 
-    curves = run_all(tmp_path, 1, dict([run("tp1")]))
+    curves = run_all(tmp_path, 1, dict([run("tp1", "--save", tmp_path / "tp1_ckpt")]))
     curves.update(run_all(tmp_path, 4, dict([
-        run("tp2pp2_sp", "--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2, "--sequence-parallel"),
+        run("tp2pp2_sp", "--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2, "--sequence-parallel",
+            "--save", tmp_path / "tp2pp2_ckpt"),
         run("tp2cp2_sp", "--tensor-model-parallel-size", 2, "--context-parallel-size", 2, "--sequence-parallel"),
     ])))
     ref = [r["loss"] for r in curves["tp1"]]
@@ -37,3 +39,24 @@ def test_qwen3_loss_curve_is_layout_invariant(tiny_qwen3_dir, tmp_path):
         assert len(got) == STEPS and max(abs(a - b) for a, b in zip(ref, got)) < TOL, (name, ref, got)
         for a, b in zip(curves["tp1"], curves[name]):
             assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"]), (name, a, b)
+
+    # After 5 Adam steps the q/k norm weights (and all others) are the same at TP2·PP2 as at TP1: each TP
+    # rank's partial gradient was summed over TP. Adam's per-element step would show a wrong sum directly.
+    initial, tp1, tp2pp2 = (_weights(tiny_qwen3_dir, path) for path in (ckpt, tmp_path / "tp1_ckpt", tmp_path / "tp2pp2_ckpt"))
+    qk = [n for n in tp1 if "q_layernorm" in n or "k_layernorm" in n]
+    assert len(qk) == 8  # 4 layers x (q, k)
+    for name in tp1:
+        assert (tp1[name] - tp2pp2[name]).abs().max().item() < 1e-5, name
+    assert all(not torch.equal(initial[n], tp1[n]) for n in qk)  # they were trained
+
+
+def _weights(hf_dir, ckpt):
+    from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
+    from megatron_autoalign.checkpoint.torch_dist import ensure_process_group
+    from megatron_autoalign.models import build_gpt_model, load_hf_config, transformer_config_from_hf
+
+    ensure_process_group()
+    cfg = load_hf_config(hf_dir)
+    model = build_gpt_model(cfg, transformer_config_from_hf(cfg, torch.float32))
+    load_megatron_checkpoint_weights([model], str(ckpt))
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
