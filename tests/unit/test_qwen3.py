@@ -104,8 +104,7 @@ def test_round_trip_bit_exact(models, tmp_path, tied, precision, fmt, tp, pp):
         assert tuple(rank["model"]["decoder.layers.0.self_attention.q_layernorm.weight"].shape) == (32,)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_qwen3_dir", "tiny_qwen3_untied_dir"])
-@pytest.mark.parametrize("fmt,tp,pp", [("torch_dist", 1, 1), ("torch", 2, 2)])
+@pytest.mark.parametrize("fixture,fmt,tp,pp", [("tiny_qwen3_dir", "torch_dist", 1, 1), ("tiny_qwen3_untied_dir", "torch", 2, 2)])
 def test_logits_parity_with_transformers(request, tmp_path, fixture, fmt, tp, pp):
     from megatron_autoalign.checkpoint.verify import verify
 
