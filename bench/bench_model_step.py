@@ -35,9 +35,9 @@ def hf_config_for(size_name: str) -> dict:
 
 
 def training_args(args, world: int):
-    """The entry point's parsed arguments for this bench's shape, so that the model, DDP, optimizer and
+    """The entry point's run config for this bench's shape, so that the model, DDP, optimizer and
     optimizer step below are built by the same functions as in ``python -m megatron_autoalign.training.sft``."""
-    from megatron_autoalign.training import arguments
+    from megatron_autoalign.training.config import parse_run_config
 
     argv = ["--data-path", "unused", "--hf-config", "unused", "--use-distributed-optimizer", "--lr", "1e-5",
             "--tensor-model-parallel-size", str(args.tp), "--micro-batch-size", str(args.micro_batch_size),
@@ -50,9 +50,7 @@ def training_args(args, world: int):
         argv.append("--recompute-swiglu")
     if args.no_grad_accum_fusion:
         argv.append("--no-gradient-accumulation-fusion")
-    targs = arguments.finalize(arguments.build_parser().parse_args(argv), world)
-    targs.virtual_pipeline_model_parallel_size = None  # set by the Trainer from the layer counts
-    return targs
+    return parse_run_config(argv, world)  # no virtual pipeline: for_model would leave its size None
 
 
 def run_ours(args, hf_config: dict) -> dict:
@@ -80,8 +78,8 @@ def run_ours(args, hf_config: dict) -> dict:
         tconfig.recompute_modules = args.recompute_modules
     dev = device()
     chunks = [c.to(dev) for c in build_model_chunks(
-        hf_config, tconfig, resolve_transformer_impl(targs.transformer_impl),
-        recompute_activation=targs.recompute_swiglu, fused_linear_cross_entropy=not args.unfused_loss)]
+        hf_config, tconfig, resolve_transformer_impl(targs.model.transformer_impl),
+        recompute_activation=targs.model.recompute_swiglu, fused_linear_cross_entropy=not args.unfused_loss)]
     ddp = wrap_ddp(targs, tconfig, chunks)
     optimizer = build_optimizer(targs, ddp)
     wire_schedule_hooks(targs, tconfig, ddp, optimizer)

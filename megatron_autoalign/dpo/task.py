@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from megatron.core import parallel_state
 
+from ..training.config import row_tokens
 from ..training.data_checks import check_manifest
-from ..training.row_data import row_layout, sequence_length, train_valid_datasets
+from ..training.row_data import row_layout, train_valid_datasets
 from ..training.sft_batch import packed_seq_params
 from ..training.task import Task, TaskContext
 from .batch import collate_pairs
@@ -27,17 +30,40 @@ from .flags import add_arguments as add_dpo_arguments
 from .losses import PreferenceLossConfig, preference_loss
 
 
+@dataclass(frozen=True)
+class DPOConfig:
+    """``cfg.task`` of a DPO run: the flags ``DPOTask.add_arguments`` adds."""
+
+    loss_type: str
+    beta: float
+    label_smoothing: float
+    rpo_alpha: float
+    simpo_gamma: float
+    reference: str  # as given: online | precomputed
+    ref_load: Optional[str]
+
+    @property
+    def loss(self) -> PreferenceLossConfig:
+        return PreferenceLossConfig(self.loss_type, self.beta, self.label_smoothing, self.rpo_alpha, self.simpo_gamma)
+
+    @property
+    def reference_source(self) -> str:
+        """online | precomputed | none: a reference-free loss (SimPO) uses no reference whatever --reference says."""
+        return self.reference if self.loss.needs_reference else "none"
+
+
 class DPOTask(Task):
     name = "dpo"
     primary_metric = "loss"
+    config_class = DPOConfig
 
-    def __init__(self, args):
-        super().__init__(args)
-        self.loss_cfg = PreferenceLossConfig(args.loss_type, args.beta, args.label_smoothing, args.rpo_alpha,
-                                             args.simpo_gamma)
-        if not self.loss_cfg.needs_reference:
-            args.reference = "none"
-        self.needs_reference_model = args.reference == "online"
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.loss_cfg = cfg.task.loss
+        self.needs_reference_model = cfg.task.reference_source == "online"
+
+    def reference_checkpoint(self) -> Optional[str]:
+        return self.cfg.task.ref_load or self.cfg.checkpoint.pretrained_checkpoint
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -45,9 +71,8 @@ class DPOTask(Task):
 
     # --- data -----------------------------------------------------------------------------------------
     def build_datasets(self, ctx: TaskContext):
-        args = self.args
-        use_ref = args.reference == "precomputed"
-        data = train_valid_datasets(args, lambda prefix: PreferenceDataset(prefix, use_reference=use_ref))
+        use_ref = self.cfg.task.reference_source == "precomputed"
+        data = train_valid_datasets(self.cfg.data, lambda prefix: PreferenceDataset(prefix, use_reference=use_ref))
         ctx.manifest = self.manifest = data.manifest
         self.setup_layout(data.max_docs, packed=data.packed)
         return data.train, data.valid
@@ -58,13 +83,13 @@ class DPOTask(Task):
         sequence (chosen or rejected) is its own row."""
         if manifest is not None:
             self.manifest = manifest
-        seq = sequence_length(self.args, self.manifest)
+        seq = row_tokens(self.cfg.data, self.manifest)
         packed = bool(self.manifest["packing"]) if packed is None else packed
-        self.layout = row_layout(self.args, self.manifest, 2 * seq if packed else seq, max_docs, packed)
+        self.layout = row_layout(self.cfg.parallel, self.manifest, 2 * seq if packed else seq, max_docs, packed)
 
     def check(self, ctx: TaskContext) -> None:
-        check_manifest(self.manifest, self.args, ctx.hf_config)
-        if self.args.reference == "precomputed":
+        check_manifest(self.manifest, ctx.cfg, ctx.hf_config)
+        if self.cfg.task.reference_source == "precomputed":
             self._check_recorded_reference()
 
     def _check_recorded_reference(self) -> None:
@@ -72,15 +97,15 @@ class DPOTask(Task):
         reference: say so (a warning, not an error: checkpoints get moved)."""
         from ..runtime import print_rank_0
 
-        entry, args = self.manifest.get("reference") or {}, self.args
-        source = os.path.abspath(args.ref_load or args.pretrained_checkpoint or "")
-        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        entry = self.manifest.get("reference") or {}
+        source = os.path.abspath(self.reference_checkpoint() or "")
+        precision = self.cfg.model.precision
         if entry.get("checkpoint") != source or entry.get("precision") != precision:
-            print_rank_0(f"warning: {args.data_path}: reference log-probs were scored from {entry.get('checkpoint')} "
+            print_rank_0(f"warning: {self.cfg.data.data_path}: reference log-probs were scored from {entry.get('checkpoint')} "
                          f"({entry.get('precision')}), this run's reference is {source} ({precision})")
 
     def pipeline_shape(self) -> tuple[int, int]:
-        mbs = self.args.micro_batch_size
+        mbs = self.cfg.training.micro_batch_size
         lay = self.layout
         return (mbs * lay.capacity, 1) if lay.packed else (lay.capacity, 2 * mbs)
 
@@ -145,7 +170,7 @@ class DPOTask(Task):
         return [o["ref_logps"] for o in out]
 
     def prepare_global_batch(self, batches: list, ctx: TaskContext) -> None:
-        if self.args.reference != "online":
+        if not self.needs_reference_model:
             return
         scores = self.score(ctx.reference_model, batches, ctx)
         if scores is not None:

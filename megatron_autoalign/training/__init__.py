@@ -1,6 +1,7 @@
-"""Training: arguments, the one loop shared by SFT and DPO (``loop.py``; what it builds from the arguments:
-``model_and_optimizer.py``; its log: ``step_log.py``), the task interface (``task.py``), checkpoints, and
-the SFT task. Entry points: ``python -m megatron_autoalign.training.sft``
+"""Training: the flags (``arguments.py``) and the frozen run config built from them (``config.py``), the
+start-up shared by every run entry point (``startup.py``), the one loop shared by SFT and DPO (``loop.py``;
+what it builds from the config: ``model_and_optimizer.py``; its log: ``step_log.py``), the task interface
+(``task.py``), checkpoints, and the SFT task. Entry points: ``python -m megatron_autoalign.training.sft``
 and ``python -m megatron_autoalign.training.train --task sft|dpo``."""
 
 __all__ = ["Task", "TaskContext"]

@@ -2,12 +2,12 @@
 
 Only flags this toolkit implements are accepted, plus a few upstream (Pai-Megatron-Patch) flags that are
 accepted and ignored because their information comes from the HF config here (listed in IGNORED).
+The parsed flags become the frozen, typed run config in ``config.py`` (checks and derived values live there).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 # Upstream flags that describe the model/tokenizer: the HF config.json is the source of truth here.
 IGNORED_WITH_VALUE = (
@@ -124,67 +124,3 @@ def _recompute_layers(value: str):
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected 'all' or a positive number of layers, got {value!r}")
     return int(value)
-
-
-def _single(paths, flag):
-    if not paths:
-        return None
-    if len(paths) != 1:
-        raise ArgumentError(f"{flag}: exactly one dataset prefix is supported (blending weights are not), got {paths}")
-    return paths[0]
-
-
-def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """Derived values and cross-flag checks that need only the world size (one-line ArgumentError)."""
-    args.data_path = _single(args.data_path, "--data-path")
-    args.valid_data_path = _single(args.valid_data_path, "--valid-data-path")
-    if args.bf16 and args.fp16:
-        raise ArgumentError("--bf16 and --fp16 are mutually exclusive")
-    if args.recompute_activations:
-        args.recompute_granularity = "selective"
-    if args.recompute_granularity == "full" and args.recompute_method is None:
-        args.recompute_method = "uniform"
-    if args.recompute_granularity == "full" and args.recompute_num_layers is None:
-        args.recompute_num_layers = 1
-    tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
-    mp = tp * pp * cp
-    if min(tp, pp, cp) < 1 or world_size % mp:
-        raise ArgumentError(f"world size {world_size} is not divisible by TP({tp}) x PP({pp}) x CP({cp}) = {mp}")
-    args.data_parallel_size = world_size // mp
-    if args.overlap_param_gather and not args.use_distributed_optimizer:
-        raise ArgumentError("--overlap-param-gather needs --use-distributed-optimizer (it overlaps that optimizer's parameter all-gather)")
-    if args.sequence_parallel and tp == 1:
-        args.sequence_parallel = False  # megatron would refuse; SP is meaningless without TP
-    if args.global_batch_size is None:
-        args.global_batch_size = args.micro_batch_size * args.data_parallel_size
-    per_step = args.micro_batch_size * args.data_parallel_size
-    if args.global_batch_size % per_step:
-        raise ArgumentError(
-            f"--global-batch-size {args.global_batch_size} is not divisible by micro-batch-size "
-            f"{args.micro_batch_size} x DP {args.data_parallel_size} = {per_step}"
-        )
-    args.num_microbatches = args.global_batch_size // per_step
-    if args.num_layers_per_virtual_pipeline_stage is not None and pp == 1:
-        raise ArgumentError("--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
-    if args.save_interval is not None and args.save_interval <= 0:
-        raise ArgumentError("--save-interval must be positive")
-    if args.dataset not in ("mmap", "MMAP"):
-        raise ArgumentError(f"--dataset {args.dataset}: only 'mmap' (idx/bin from the preprocessing step) is supported")
-    if args.data_path is None:
-        raise ArgumentError("--data-path is required")
-    try:
-        split = [float(x) for x in str(args.split).replace("/", ",").split(",") if x.strip()]
-    except ValueError:
-        split = []
-    if not split or any(x < 0 for x in split) or sum(split) <= 0:
-        raise ArgumentError(f"--split {args.split!r}: expected non-negative weights like 98,2,0")
-    split = (split + [0.0, 0.0])[:3]
-    args.split_fractions = [x / sum(split) for x in split]
-    ckpt_dir = args.pretrained_checkpoint
-    if args.hf_config is None:
-        args.hf_config = ckpt_dir
-        if args.hf_config is None or not os.path.exists(os.path.join(args.hf_config, "config.json")):
-            raise ArgumentError("--hf-config is required (no config.json next to --pretrained-checkpoint)")
-    if args.tokenizer is None and ckpt_dir and os.path.exists(os.path.join(ckpt_dir, "tokenizer_config.json")):
-        args.tokenizer = ckpt_dir
-    return args

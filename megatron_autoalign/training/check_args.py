@@ -17,6 +17,7 @@ EXIT_CONFIG_ERROR = 2
 def check(task_cls, argv: list[str], world_size: int) -> None:
     """Raise ``ArgumentError`` (one line) for flags the training entry point would refuse."""
     from . import arguments
+    from .config import config_from_flags
 
     parser = arguments.build_parser(task_cls)
 
@@ -24,8 +25,7 @@ def check(task_cls, argv: list[str], world_size: int) -> None:
         raise arguments.ArgumentError(f"{message} (all flags: python -m megatron_autoalign.training.train --help)")
 
     parser.error = one_line  # argparse would print the usage and exit
-    args = parser.parse_args(argv)
-    arguments.finalize(args, world_size)
+    config_from_flags(vars(parser.parse_args(argv)), world_size, task_cls)
 
 
 def main(argv=None) -> int:

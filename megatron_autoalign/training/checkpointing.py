@@ -78,8 +78,10 @@ def _state_dict(chunks, optimizer, scheduler, with_optim: bool, is_loading: bool
     return sd
 
 
-def save_checkpoint(save_dir: str, iteration: int, chunks, optimizer, scheduler, train_state: dict, args, with_optim=True) -> str:
-    """Save ``iter_{iteration}`` under ``save_dir`` and then point the tracker at it."""
+def save_checkpoint(save_dir: str, iteration: int, chunks, optimizer, scheduler, train_state: dict, cfg,
+                    with_optim=True) -> str:
+    """Save ``iter_{iteration}`` under ``save_dir`` and then point the tracker at it (``cfg``: the RunConfig,
+    saved flat under ``args`` like Megatron-LM's)."""
     path = iteration_dir(save_dir, iteration)
     if dist.get_rank() == 0:
         os.makedirs(save_dir, exist_ok=True)
@@ -89,20 +91,21 @@ def save_checkpoint(save_dir: str, iteration: int, chunks, optimizer, scheduler,
     dist.barrier()
     sd = _state_dict(chunks, optimizer, scheduler, with_optim, is_loading=False)
     sd["train_state"] = dict(train_state, iteration=iteration, world_size=dist.get_world_size())
-    sd["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+    sd["args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.flat().items()
+                  if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
     dist_checkpointing.save(sd, path)
     dist.barrier()
     if dist.get_rank() == 0:
-        copy_model_files(args, save_dir)
+        copy_model_files(cfg.model, save_dir)
         write_tracker(save_dir, iteration)
     dist.barrier()
     return path
 
 
-def copy_model_files(args, save_dir: str) -> None:
+def copy_model_files(model_cfg, save_dir: str) -> None:
     """config.json and tokenizer files next to our checkpoints, as the converter puts them next to its
     own: the next step (DPO from an SFT run, Megatron -> HF) then finds them without extra flags."""
-    for src in (args.tokenizer, args.hf_config):  # config.json last, so the model's own wins
+    for src in (model_cfg.tokenizer, model_cfg.hf_config):  # config.json last, so the model's own wins
         if not src:
             continue
         src_dir = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
@@ -116,7 +119,8 @@ def has_resumable_checkpoint(load_dir: str | None) -> bool:
 
 @torch.no_grad()  # fp32 main params are views of the model's leaf parameters: copy into them without autograd
 def load_checkpoint(load_dir: str, chunks, optimizer, scheduler, args) -> dict | None:
-    """Restore from ``load_dir``; returns the train_state for an exact resume, None for weights-only."""
+    """Restore from ``load_dir``; returns the train_state for an exact resume, None for weights-only.
+    ``args``: the run's CheckpointConfig (--finetune, --no-load-optim, --no-load-rng)."""
     it = read_tracker(load_dir)
     if it == "release" or args.finetune:
         load_megatron_checkpoint_weights([_unwrap(c) for c in chunks], load_dir)

@@ -6,22 +6,25 @@ import functools
 import os
 
 
-def check_manifest(manifest: dict, args, hf_config: dict) -> None:
-    """SEQ_LEN as preprocessed, the tokenizer's size vs the model vocabulary and vs ``--tokenizer``."""
-    where = f"{args.data_path}_manifest.json"
-    if int(manifest["seq_len"]) != args.seq_length:
+def check_manifest(manifest: dict, cfg, hf_config: dict) -> None:
+    """SEQ_LEN as preprocessed, the tokenizer's size vs the model vocabulary and vs ``--tokenizer``
+    (``cfg``: the RunConfig)."""
+    where = f"{cfg.data.data_path}_manifest.json"
+    seq_length = cfg.data.seq_length or int(manifest["seq_len"])
+    if int(manifest["seq_len"]) != seq_length:
         raise ValueError(
-            f"{where}: data was preprocessed with seq_len {manifest['seq_len']} but --seq-length is {args.seq_length}"
+            f"{where}: data was preprocessed with seq_len {manifest['seq_len']} but --seq-length is {seq_length}"
         )
     tok = manifest.get("tokenizer") or {}
     vocab = hf_config["vocab_size"]
     if tok.get("vocab_size") and int(tok["vocab_size"]) > vocab:
         raise ValueError(f"{where}: tokenizer has {tok['vocab_size']} tokens but the model vocab is {vocab}")
-    if args.tokenizer and tok.get("vocab_size"):
-        n = _tokenizer_size(args.tokenizer)
+    tokenizer = cfg.model.tokenizer
+    if tokenizer and tok.get("vocab_size"):
+        n = _tokenizer_size(tokenizer)
         if n is not None and n != int(tok["vocab_size"]):
             raise ValueError(
-                f"{args.tokenizer}: tokenizer has {n} tokens but the data was tokenized with "
+                f"{tokenizer}: tokenizer has {n} tokens but the data was tokenized with "
                 f"{tok['vocab_size']} ({tok.get('name_or_path')})"
             )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import os
 import signal
 import sys
 
@@ -18,20 +17,19 @@ import torch.distributed as dist
 
 from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
 from megatron_autoalign.models.flops import batch_training_flops
-from megatron_autoalign.quiet import accelerator_line
-from megatron_autoalign.runtime import device, init_distributed, is_last_rank, print_rank_0
+from megatron_autoalign.runtime import device, is_last_rank, print_rank_0
 from megatron_autoalign.runtime.transfer import to_device_async
 
-from . import arguments
+from .arguments import ArgumentError
+from .config import for_data
 from .data_order import SampleOrder, microbatch_indices
 from .model_and_optimizer import (
     build_model, build_optimizer, build_scheduler, build_transformer_config, optimizer_step, wire_schedule_hooks,
     wrap_ddp,
 )
+from .startup import parse_and_start, print_warnings, run_entry_point
 from .step_log import StepLogger
 from .task import Task, TaskContext
-
-EXIT_CONFIG_ERROR = 2
 
 
 class TrainingError(RuntimeError):
@@ -87,39 +85,27 @@ def reduce_metrics(outputs, group) -> dict[str, torch.Tensor] | None:
 
 class Trainer:
     def __init__(self, task_cls, argv=None):
-        parser = arguments.build_parser(task_cls)
-        args = parser.parse_args(argv)
-        arguments.finalize(args, int(os.environ.get("WORLD_SIZE", "1")))
-        from megatron_autoalign.models import check_model_size, check_tensor_parallel, load_hf_config
-
-        hf_cfg = load_hf_config(args.hf_config)
-        check_model_size(args.model_size, hf_cfg)
-        check_tensor_parallel(hf_cfg, args.tensor_model_parallel_size)
-        args.virtual_pipeline_model_parallel_size = None
-        if args.num_layers_per_virtual_pipeline_stage:
-            per = args.pipeline_model_parallel_size * args.num_layers_per_virtual_pipeline_stage
-            if hf_cfg["num_hidden_layers"] % per:
-                raise arguments.ArgumentError(
-                    f"{hf_cfg['num_hidden_layers']} layers do not split into PP {args.pipeline_model_parallel_size} x "
-                    f"{args.num_layers_per_virtual_pipeline_stage} layers per virtual stage")
-            args.virtual_pipeline_model_parallel_size = hf_cfg["num_hidden_layers"] // per
-        init_distributed(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                         args.context_parallel_size, args.virtual_pipeline_model_parallel_size, args.seed)
-        if accelerator_line():
-            print_rank_0(accelerator_line())
-        self.args, self.hf_cfg = args, hf_cfg
-        self.task = task_cls(args)
-        self.ctx = TaskContext(args=args, hf_config=hf_cfg)
+        cfg, hf_cfg = parse_and_start(task_cls, argv)
+        self.hf_cfg = hf_cfg
+        self.task = task_cls(cfg)
+        self.ctx = TaskContext(cfg=cfg, hf_config=hf_cfg)
         self.train_ds, self.valid_ds = self.task.build_datasets(self.ctx)
+        # The rest of the run sees the config completed by the data (sequence length, iterations).
+        self.cfg = self.ctx.cfg = for_data(cfg, self.ctx.manifest, len(self.train_ds), self.valid_ds is not None)
+        if cfg.training.train_iters is None:
+            t = self.cfg.training
+            print_rank_0(f"train-iters {t.train_iters} = {t.epochs} epoch(s) x {len(self.train_ds)} samples / "
+                         f"global batch {t.global_batch_size}")
+        print_warnings(self.cfg, already=cfg)
         self.task.check(self.ctx)
-        self._derive_iterations()
+        cfg = self.cfg
 
-        self.config = build_transformer_config(args, hf_cfg)
-        self.chunks = build_model(args, hf_cfg, self.config)
-        self.model = wrap_ddp(args, self.config, self.chunks)
-        self.optimizer = build_optimizer(args, self.model)
-        self.scheduler = build_scheduler(args, self.optimizer)
-        wire_schedule_hooks(args, self.config, self.model, self.optimizer)
+        self.config = build_transformer_config(cfg, hf_cfg)
+        self.chunks = build_model(cfg, hf_cfg, self.config)
+        self.model = wrap_ddp(cfg, self.config, self.chunks)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        wire_schedule_hooks(cfg, self.config, self.model, self.optimizer)
         self.state = {"consumed_samples": 0, "skipped_steps": 0}
         self.iteration = 0
         self._load()
@@ -128,7 +114,7 @@ class Trainer:
         seq_length, mbs = self.task.pipeline_shape()
         self.runner = Runner(self.task, seq_length, mbs)
         self.ctx.forward_only = lambda chunks, batches, fs=None: self.runner.run(chunks, batches, True, fs) if batches else []
-        self.order = SampleOrder(len(self.train_ds), args.seed, args.shuffle)
+        self.order = SampleOrder(len(self.train_ds), cfg.training.seed, cfg.data.shuffle)
         from megatron.core import parallel_state as ps
 
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
@@ -138,23 +124,13 @@ class Trainer:
         # The SIGTERM flag is agreed on over a CPU group: a GPU all-reduce read back with .item() every
         # step would make the host wait for the optimizer update before it launches the next forward.
         self._stop_group = dist.new_group(backend="gloo") if dist.get_world_size() > 1 else None
-        self.log = StepLogger(args, hf_cfg, self.task)
+        self.log = StepLogger(cfg, hf_cfg, self.task)
         self.start_iteration, self.last_checkpoint = self.iteration, None
-
-    def _derive_iterations(self):
-        a = self.args
-        if a.train_iters is None:
-            a.train_iters = max(1, a.epochs * len(self.train_ds) // a.global_batch_size)
-            print_rank_0(f"train-iters {a.train_iters} = {a.epochs} epoch(s) x {len(self.train_ds)} samples / global batch {a.global_batch_size}")
-        if a.lr_decay_iters is None:
-            a.lr_decay_iters = a.train_iters
-        if a.lr_warmup_fraction is None and a.lr_warmup_iters >= a.lr_decay_iters > 0 and a.lr_decay_style != "constant":
-            raise arguments.ArgumentError(f"--lr-warmup-iters {a.lr_warmup_iters} must be smaller than the decay iterations {a.lr_decay_iters}")
 
     def _load(self):
         from .checkpointing import has_resumable_checkpoint, load_checkpoint
 
-        a = self.args
+        a = self.cfg.checkpoint
         if has_resumable_checkpoint(a.load):
             state = load_checkpoint(a.load, self.model, self.optimizer, self.scheduler, a)
             if state is not None:
@@ -174,13 +150,12 @@ class Trainer:
                 opt.reload_model_params()
 
     def _build_reference(self):
-        a = self.args
-        src = getattr(a, "ref_load", None) or a.pretrained_checkpoint
+        src = self.task.reference_checkpoint()
         if not src:
-            raise arguments.ArgumentError(f"task {self.task.name} needs a reference model: pass --pretrained-checkpoint")
+            raise ArgumentError(f"task {self.task.name} needs a reference model: pass --pretrained-checkpoint")
         config = copy.copy(self.config)
         config.finalize_model_grads_func = config.grad_scale_func = config.no_sync_func = None
-        ref = build_model(a, self.hf_cfg, config)
+        ref = build_model(self.cfg, self.hf_cfg, config)
         load_megatron_checkpoint_weights(ref, src)
         for c in ref:
             c.eval()
@@ -189,7 +164,7 @@ class Trainer:
 
     # -- data
     def _batches(self, dataset, global_indices: list[int]) -> list[dict]:
-        mbs = self.args.micro_batch_size
+        mbs = self.cfg.training.micro_batch_size
         groups = microbatch_indices(global_indices, mbs, self.dp_size, self.dp_rank)
         return [to_device(self.task.collate([dataset[i] for i in g]), self.device) for g in groups]
 
@@ -211,20 +186,20 @@ class Trainer:
         self.log.close()
 
     def _train(self):
-        a = self.args
+        a, t = self.cfg, self.cfg.training
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
         # The model, optimizer and compiled kernels are hundreds of thousands of long-lived Python objects.
         # Frozen, they are no longer traversed by every full garbage collection, each of which would
         # otherwise stall one training step (the step is limited by the host).
         gc.collect()
         gc.freeze()
-        gbs = a.global_batch_size
+        gbs = t.global_batch_size
         acc, tokens, flops, last_gn = None, 0, 0.0, float("nan")
         start_iteration = self.start_iteration = self.iteration
         for c in self.model:
             c.train()
         batches = None
-        while self.iteration < a.train_iters:
+        while self.iteration < t.train_iters:
             if batches is None:
                 batches = self._batches(self.train_ds, self.order.indices(self.state["consumed_samples"], gbs))
             tokens += sum(b["num_tokens"] for b in batches)
@@ -238,9 +213,9 @@ class Trainer:
             # Collate the next step's micro-batches while the GPU still works through this step's backward
             # (the grad-norm check below waits for it); the sample order depends only on consumed samples.
             batches = None
-            if self.iteration + 1 < a.train_iters:
+            if self.iteration + 1 < t.train_iters:
                 batches = self._batches(self.train_ds, self.order.indices(self.state["consumed_samples"] + gbs, gbs))
-            stepped, grad_norm = optimizer_step(self.optimizer, a.clip_grad)
+            stepped, grad_norm = optimizer_step(self.optimizer, a.optimizer.clip_grad)
             self.log.flush()  # the grad-norm check waited for this step's backward: the last line's values are in
             self.log.step_done(grad_norm, stepped)
             self.iteration += 1
@@ -250,30 +225,30 @@ class Trainer:
             else:
                 self.state["skipped_steps"] += 1
                 print_rank_0(f"iteration {self.iteration}: non-finite grad norm ({grad_norm}); step skipped "
-                             f"({self.state['skipped_steps']}/{a.max_skipped_steps})")
-                if self.state["skipped_steps"] > a.max_skipped_steps:
-                    raise TrainingError(f"{self.state['skipped_steps']} steps skipped for NaN/inf loss or grad norm (limit --max-skipped-steps {a.max_skipped_steps})")
+                             f"({self.state['skipped_steps']}/{t.max_skipped_steps})")
+                if self.state["skipped_steps"] > t.max_skipped_steps:
+                    raise TrainingError(f"{self.state['skipped_steps']} steps skipped for NaN/inf loss or grad norm (limit --max-skipped-steps {t.max_skipped_steps})")
             last_gn = grad_norm
             metrics = reduce_metrics(outputs, self.dp_cp_group)
             if metrics is not None:
                 acc = metrics if acc is None else {k: acc[k] + metrics[k] for k in acc}
-            if self.iteration % a.log_interval == 0 or self.iteration == a.train_iters:
+            if self.iteration % a.logging.log_interval == 0 or self.iteration == t.train_iters:
                 self.log.queue(self.iteration, acc, last_gn, self.optimizer.param_groups[0]["lr"], tokens,
                                self.state["consumed_samples"], self.state["skipped_steps"], self.device, flops)
                 acc, tokens, flops = None, 0, 0.0
-            if a.eval_interval and self.valid_ds is not None and self.iteration % a.eval_interval == 0:
+            if t.eval_interval and self.valid_ds is not None and self.iteration % t.eval_interval == 0:
                 with self.log.paused("validation"):
                     self.evaluate()
             stop = self._should_stop(start_iteration)
-            if a.save and (stop or self.iteration == a.train_iters
-                           or (a.save_interval and self.iteration % a.save_interval == 0)):
+            if a.checkpoint.save and (stop or self.iteration == t.train_iters
+                           or (a.checkpoint.save_interval and self.iteration % a.checkpoint.save_interval == 0)):
                 with self.log.paused("checkpoint"):
                     self.save()
             if stop:
                 self.log.flush()
                 print_rank_0(f"stopping at iteration {self.iteration} ({'SIGTERM' if self._stop else '--exit-interval'})")
                 return
-        if self.valid_ds is not None and not (a.eval_interval and self.iteration % a.eval_interval == 0):
+        if self.valid_ds is not None and not (t.eval_interval and self.iteration % t.eval_interval == 0):
             with self.log.paused("validation"):
                 self.evaluate()  # final validation, unless the interval just ran it
 
@@ -283,23 +258,23 @@ class Trainer:
             flag = torch.tensor([1 if self._stop else 0])
             dist.all_reduce(flag, group=self._stop_group)
             self._stop = bool(flag.item())
-        a = self.args
-        return self._stop or bool(a.exit_interval and self.iteration - start_iteration >= a.exit_interval
-                                  and self.iteration < a.train_iters)
+        t = self.cfg.training
+        return self._stop or bool(t.exit_interval and self.iteration - start_iteration >= t.exit_interval
+                                  and self.iteration < t.train_iters)
 
     def save(self):
         from .checkpointing import save_checkpoint
 
         self.log.flush()
-        a = self.args
-        if a.overlap_param_gather:
+        a = self.cfg
+        if a.parallel.overlap_param_gather:
             # The last update's all-gather waits for the next forward: finish it, or the checkpoint would
             # hold other ranks' parameter shards from before the update.
             for m in self.model:
                 m.disable_forward_pre_hook(param_sync=True)
-        path = save_checkpoint(a.save, self.iteration, self.model, self.optimizer, self.scheduler,
-                               self.state, a, with_optim=not a.no_save_optim)
-        if a.overlap_param_gather:
+        path = save_checkpoint(a.checkpoint.save, self.iteration, self.model, self.optimizer, self.scheduler,
+                               self.state, a, with_optim=not a.checkpoint.no_save_optim)
+        if a.parallel.overlap_param_gather:
             for m in self.model:
                 m.enable_forward_pre_hook()
         self.last_checkpoint = path
@@ -307,15 +282,15 @@ class Trainer:
 
     def evaluate(self) -> float | None:
         self.log.flush()
-        a = self.args
+        t = self.cfg.training
         n = len(self.valid_ds)
-        steps = min(a.eval_iters, max(1, n // a.global_batch_size))
+        steps = min(t.eval_iters, max(1, n // t.global_batch_size))
         for c in self.model:
             c.eval()
         acc = None
         with torch.no_grad():
             for s in range(steps):
-                idx = [(s * a.global_batch_size + k) % n for k in range(a.global_batch_size)]
+                idx = [(s * t.global_batch_size + k) % n for k in range(t.global_batch_size)]
                 batches = self._batches(self.valid_ds, idx)
                 self.task.prepare_global_batch(batches, self.ctx)
                 m = reduce_metrics(self.runner.run(self.model, batches, forward_only=True), self.dp_cp_group)
@@ -332,25 +307,15 @@ class Trainer:
 
 
 def main(task_cls, argv=None) -> int:
-    """Entry point: one-line errors (exit 2) for bad configuration, data or checkpoints."""
-    from megatron_autoalign.checkpoint import CheckpointError
-    from megatron_autoalign.models import ConfigError
+    """Entry point: one-line errors (exit 2) for bad configuration, data or checkpoints; exit 1 when
+    training cannot continue."""
 
-    try:
-        trainer = Trainer(task_cls, argv)
-        trainer.train()
-    except (arguments.ArgumentError, ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        if os.environ.get("MA_DEBUG"):
-            raise
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return EXIT_CONFIG_ERROR
-    except TrainingError as e:
-        if is_last_rank():
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        from megatron_autoalign.runtime import destroy_distributed
+    def run():
+        try:
+            Trainer(task_cls, argv).train()
+        except TrainingError as e:
+            if is_last_rank():
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            return 1
 
-        destroy_distributed()
-    return 0
+    return run_entry_point(run)

@@ -52,36 +52,26 @@ class SplitData:
     max_docs: int    # most documents in any row of either set
 
 
-def train_valid_datasets(args, open_dataset) -> SplitData:
+def train_valid_datasets(data, open_dataset) -> SplitData:
     """``--data-path`` split by ``--split``; ``--valid-data-path`` replaces the validation part.
-    ``open_dataset(prefix)`` returns an indexed dataset with a ``manifest``."""
-    full = open_dataset(args.data_path)
+    ``data``: the run's DataConfig; ``open_dataset(prefix)`` returns an indexed dataset with a ``manifest``."""
+    full = open_dataset(data.data_path)
     manifest = full.manifest
-    train_r, valid_r, _ = split_ranges(len(full), args.split_fractions)
+    train_r, valid_r, _ = split_ranges(len(full), data.split_fractions)
     train = IndexRange(full, *train_r)
     valid = IndexRange(full, *valid_r) if valid_r[1] > valid_r[0] else None
-    prefixes, packed = [args.data_path], bool(manifest.get("packing", True))
-    if args.valid_data_path:
-        vds = open_dataset(args.valid_data_path)
+    prefixes, packed = [data.data_path], bool(manifest.get("packing", True))
+    if data.valid_data_path:
+        vds = open_dataset(data.valid_data_path)
         if vds.manifest.get("seq_len") != manifest.get("seq_len"):
-            raise ValueError(f"{args.valid_data_path}: seq_len {vds.manifest.get('seq_len')} differs from the "
+            raise ValueError(f"{data.valid_data_path}: seq_len {vds.manifest.get('seq_len')} differs from the "
                              f"training data's {manifest.get('seq_len')}")
         valid = IndexRange(vds, 0, len(vds))
-        prefixes.append(args.valid_data_path)
+        prefixes.append(data.valid_data_path)
         packed = packed or bool(vds.manifest.get("packing", True))
     if len(train) == 0:
-        raise ValueError(f"{args.data_path}: no training rows (split {args.split})")
+        raise ValueError(f"{data.data_path}: no training rows (split {data.split})")
     return SplitData(manifest, train, valid, packed, max(max_docs_per_row(p) for p in prefixes))
-
-
-def sequence_length(args, manifest: dict) -> int:
-    """Tokens per sequence: ``--seq-length`` (default: the data's), padded up to ``--max-padding-length``."""
-    if args.seq_length is None:
-        args.seq_length = int(manifest["seq_len"])
-    seq = args.max_padding_length or args.seq_length
-    if seq < args.seq_length:
-        raise ValueError(f"--max-padding-length {seq} is shorter than --seq-length {args.seq_length}")
-    return seq
 
 
 @dataclass
@@ -93,9 +83,9 @@ class RowLayout:
     pad_id: int
 
 
-def row_layout(args, manifest: dict, row_tokens: int, max_docs: int, packed: bool) -> RowLayout:
-    """This rank's row layout for rows of ``row_tokens`` data tokens."""
+def row_layout(parallel, manifest: dict, row_tokens: int, max_docs: int, packed: bool) -> RowLayout:
+    """This rank's row layout for rows of ``row_tokens`` data tokens (``parallel``: the ParallelConfig)."""
     cp = parallel_state.get_context_parallel_world_size()
-    tp_sp = args.tensor_model_parallel_size if args.sequence_parallel else 1
+    tp_sp = parallel.tensor_model_parallel_size if parallel.sequence_parallel else 1
     return RowLayout(packed, row_capacity(row_tokens, cp, tp_sp, max_docs, packed), cp,
                      parallel_state.get_context_parallel_rank(), pad_id(manifest))

@@ -7,8 +7,9 @@ import functools
 
 import torch
 
+from .config import row_tokens
 from .data_checks import check_manifest
-from .row_data import row_layout, sequence_length, train_valid_datasets
+from .row_data import row_layout, train_valid_datasets
 from .sft_batch import IGNORE_INDEX, collate_sbhd, collate_thd, packed_seq_params
 from .task import Task, TaskContext
 
@@ -20,17 +21,17 @@ class SFTTask(Task):
     def build_datasets(self, ctx: TaskContext):
         from megatron_autoalign.data.sft_dataset import SFTDataset
 
-        data = train_valid_datasets(self.args, SFTDataset)
+        data = train_valid_datasets(self.cfg.data, SFTDataset)
         ctx.manifest = self.manifest = data.manifest
-        seq = sequence_length(self.args, self.manifest)
-        self.layout = row_layout(self.args, self.manifest, seq, data.max_docs, data.packed)
+        seq = row_tokens(self.cfg.data, self.manifest)
+        self.layout = row_layout(self.cfg.parallel, self.manifest, seq, data.max_docs, data.packed)
         return data.train, data.valid
 
     def check(self, ctx: TaskContext) -> None:
-        check_manifest(self.manifest, self.args, ctx.hf_config)
+        check_manifest(self.manifest, ctx.cfg, ctx.hf_config)
 
     def pipeline_shape(self) -> tuple[int, int]:
-        mbs, lay = self.args.micro_batch_size, self.layout
+        mbs, lay = self.cfg.training.micro_batch_size, self.layout
         return (mbs * lay.capacity, 1) if lay.packed else (lay.capacity, mbs)
 
     def collate(self, samples: list) -> dict:

@@ -67,12 +67,13 @@ def memory_field() -> tuple[str, float]:
 
 
 class StepLogger:
-    def __init__(self, args, hf_cfg: dict, task):
-        self.args, self.hf_cfg, self.task = args, hf_cfg, task
+    def __init__(self, cfg, hf_cfg: dict, task):
+        """``cfg``: the run config (``config.py``), completed by the data."""
+        self.cfg, self.hf_cfg, self.task = cfg, hf_cfg, task
         self.pending = None  # (DeferredScalars, host-side values) of a log point not printed yet
         self.full = is_last_rank()  # prints the full line, writes the trackers
         self.compact = dist.get_rank() == 0 and not self.full and node_count() > 1
-        self.trackers = Trackers(args) if self.full else None
+        self.trackers = Trackers(cfg) if self.full else None
         # The current interval: start, time paused in validation/saves, steps, skipped and NaN steps.
         self.t0, self.paused_s, self.steps, self.skipped, self.nans = clock(), 0.0, 0, 0, 0
         # The whole run (this process): training seconds and steps (for the ETA), tokens, paused time by kind.
@@ -135,9 +136,9 @@ class StepLogger:
         self.run_tokens += tokens
         tps = tokens / max(known["seconds"], 1e-9)
         ms = 1000 * known["seconds"] / max(known["steps"], 1)
-        eta = hms((self.args.train_iters - known["iteration"]) * self.run_train_s / max(self.run_steps, 1))
+        eta = hms((self.cfg.training.train_iters - known["iteration"]) * self.run_train_s / max(self.run_steps, 1))
         mem_label, mem_gb = memory_field()
-        head = f"[{known['time']}] iteration {known['iteration']}/{self.args.train_iters} |"
+        head = f"[{known['time']}] iteration {known['iteration']}/{self.cfg.training.train_iters} |"
         if not self.full:  # node 0 of a multi-node run: progress only (the loss is on the last node's log)
             print(f"{head} elapsed time per iteration (ms): {ms:.1f} | tokens/s: {tps:,.0f} | "
                   f"grad norm: {known['grad_norm']:.3f} | ETA {eta} | (loss: see the last node's log)", flush=True)
@@ -149,7 +150,7 @@ class StepLogger:
                "consumed_samples": known["consumed_samples"], "memory_gb": mem_gb,
                **{k: v for k, v in values.items() if k != primary}}
         line = (f"{head} consumed samples: {known['consumed_samples']} | elapsed time per iteration (ms): {ms:.1f} | "
-                f"learning rate: {known['lr']:.6E} | global batch size: {self.args.global_batch_size} | "
+                f"learning rate: {known['lr']:.6E} | global batch size: {self.cfg.training.global_batch_size} | "
                 f"{primary}: {rec['loss']:.6E} | grad norm: {known['grad_norm']:.3f} | "
                 f"number of skipped iterations: {known['skipped']} | number of nan iterations: {known['nans']} | "
                 f"tokens/s: {tps:,.0f}")
@@ -171,8 +172,8 @@ class StepLogger:
         if self.trackers is not None:
             named = {k if k.startswith("valid/") else f"train/{k}": v for k, v in rec.items() if k != "iteration"}
             self.trackers.scalars(named, rec["iteration"])
-        if self.args.log_json:
-            with open(self.args.log_json, "a") as f:
+        if self.cfg.logging.log_json:
+            with open(self.cfg.logging.log_json, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
     def summary(self, iteration: int, start_iteration: int, checkpoint: str | None) -> None:
@@ -181,8 +182,8 @@ class StepLogger:
             return
         wall = clock() - process_start()
         paused = "".join(f", {k} {hms(v)}" for k, v in sorted(self.paused_by_kind.items()))
-        where = checkpoint or ("none saved (no --save)" if not self.args.save else "none saved in this run")
-        print(f"[{timestamp()}] training done: iteration {iteration}/{self.args.train_iters} "
+        where = checkpoint or ("none saved (no --save)" if not self.cfg.checkpoint.save else "none saved in this run")
+        print(f"[{timestamp()}] training done: iteration {iteration}/{self.cfg.training.train_iters} "
               f"({iteration - start_iteration} in this run) | tokens: {self.run_tokens:,.0f} | "
               f"wall time {hms(wall)} (training {hms(self.run_train_s)}{paused}) | checkpoint: {where}", flush=True)
 
@@ -196,8 +197,8 @@ class StepLogger:
             return None
         from megatron_autoalign.models.flops import peak_tflops, training_flops_per_token
 
-        flops = training_flops_per_token(self.hf_cfg, self.args.seq_length) * self.task.flops_multiplier()
+        flops = training_flops_per_token(self.hf_cfg, self.cfg.data.seq_length) * self.task.flops_multiplier()
         tflops = tokens_per_s * flops / dist.get_world_size() / 1e12
         actual = flops_per_s / dist.get_world_size() / 1e12
-        peak = self.args.peak_tflops or peak_tflops(torch.cuda.get_device_name())
+        peak = self.cfg.logging.peak_tflops or peak_tflops(torch.cuda.get_device_name())
         return tflops, (tflops / peak if peak else float("nan")), actual, (actual / peak if peak else float("nan"))

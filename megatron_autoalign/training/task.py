@@ -6,9 +6,10 @@ position), megatron's pipeline schedule, gradient clipping, NaN skipping, checkp
 logging. A task owns what differs: its data, how samples become a micro-batch, the forward call and
 its loss. The loop drives a task like this::
 
-    task = TaskClass(args)                       # args: the parsed Megatron-LM style flags
+    task = TaskClass(cfg)                        # cfg: the frozen RunConfig (config.py); cfg.task: the task's own
     task.check(ctx)                              # start-up checks (one-line errors)
-    train, valid = task.build_datasets(ctx)      # map-style datasets; item i = ONE SAMPLE
+    train, valid = task.build_datasets(ctx)      # map-style datasets; item i = ONE SAMPLE; sets ctx.manifest
+    ctx.cfg = ...                                # completed by the data (sequence length, iterations)
     ctx.reference_model = ...                    # only if task.needs_reference_model (frozen, see below)
     seq_length, mbs = task.pipeline_shape()      # shape of the tensors sent between pipeline stages
     for each step:
@@ -43,7 +44,7 @@ ranks); ``task.primary_metric`` names the one used for the "loss" line, validati
 
 Reference model. A task with ``needs_reference_model = True`` gets ``ctx.reference_model``: model
 chunks built exactly like the policy (same TP/PP/VPP split, same dtype), loaded from
-``--pretrained-checkpoint`` (or ``--ref-load`` when given), in eval mode, ``requires_grad=False``,
+``task.reference_checkpoint()`` (default ``--pretrained-checkpoint``), in eval mode, ``requires_grad=False``,
 without DDP or optimizer. Because pipeline stages only pass one activation tensor, the reference
 forward cannot run inside the policy's forward_step when PP > 1; instead use
 ``ctx.forward_only(ctx.reference_model, batches, forward_step_func)`` from ``prepare_global_batch``: it
@@ -71,7 +72,7 @@ import torch
 class TaskContext:
     """What the loop shares with a task. Filled by the loop; tasks read it."""
 
-    args: argparse.Namespace
+    cfg: Any  # the RunConfig (training/config.py); the loop replaces it by the one completed by the data
     hf_config: dict
     manifest: Optional[dict] = None  # the training data's manifest once build_datasets ran
     reference_model: Optional[list] = None  # frozen model chunks (needs_reference_model)
@@ -87,12 +88,20 @@ class Task(abc.ABC):
     needs_reference_model: bool = False
     primary_metric: str = "lm loss"
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
+    # A frozen dataclass whose fields are named like the flags ``add_arguments`` adds (their dests);
+    # the parsed values become ``cfg.task``. None: the task has no flags of its own.
+    config_class: Optional[type] = None
+
+    def __init__(self, cfg):
+        self.cfg = cfg
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Task-specific flags (e.g. DPO's --beta). Called before parsing."""
+
+    def reference_checkpoint(self) -> Optional[str]:
+        """Where the frozen reference model's weights come from (``needs_reference_model``)."""
+        return self.cfg.checkpoint.pretrained_checkpoint
 
     def check(self, ctx: TaskContext) -> None:
         """Start-up checks after the datasets exist; raise ``ValueError`` with a one-line message."""

@@ -12,32 +12,34 @@ import math
 import os
 
 
-def wandb_missing(args) -> str | None:
-    """One-line reason --wandb-project cannot work here, or None."""
-    if getattr(args, "wandb_project", None) and importlib.util.find_spec("wandb") is None:
+def wandb_missing(wandb_project: str | None) -> str | None:
+    """One-line reason --wandb-project cannot work here, or None (checked with the other flags, config.py)."""
+    if wandb_project and importlib.util.find_spec("wandb") is None:
         return "--wandb-project needs the wandb package: pip install -e \".[wandb]\" (or drop the flag)"
     return None
 
 
-def wandb_dir(args) -> str:
+def wandb_dir(cfg) -> str:
     """--wandb-save-dir, else Megatron-LM's default: SAVE/wandb (the working directory without --save)."""
-    return args.wandb_save_dir or os.path.join(args.save or ".", "wandb")
+    return cfg.logging.wandb_save_dir or os.path.join(cfg.checkpoint.save or ".", "wandb")
 
 
 class Trackers:
-    def __init__(self, args):
+    def __init__(self, cfg):
+        """``cfg``: the run config (``config.py``); W&B records its flags by their Megatron-LM names."""
+        log = cfg.logging
         self.tensorboard = self.wandb = None
-        if args.tensorboard_dir:
+        if log.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(args.tensorboard_dir)
-        if args.wandb_project:
+            self.tensorboard = SummaryWriter(log.tensorboard_dir)
+        if log.wandb_project:
             import wandb
 
-            os.makedirs(wandb_dir(args), exist_ok=True)
-            config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
-            self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_exp_name or None,
-                                    dir=wandb_dir(args), config=config, settings=wandb.Settings(quiet=True))
+            os.makedirs(wandb_dir(cfg), exist_ok=True)
+            config = {k: v for k, v in cfg.flat().items() if isinstance(v, (int, float, str, bool, type(None)))}
+            self.wandb = wandb.init(project=log.wandb_project, name=log.wandb_exp_name or None,
+                                    dir=wandb_dir(cfg), config=config, settings=wandb.Settings(quiet=True))
 
     def scalars(self, values: dict, step: int) -> None:
         """``values``: name -> number, already named ``train/...`` or ``valid/...``; non-finite ones are dropped."""

@@ -34,10 +34,17 @@ def clock(monkeypatch):
 
 
 def make_args(tmp_path, **kw):
+    """The run config (training/config.py) of these flags, as the training entry point parses them."""
+    from megatron_autoalign.training.config import parse_run_config
+
     base = dict(train_iters=3, global_batch_size=4, log_json=str(tmp_path / "log.jsonl"), tensorboard_dir=None,
                 wandb_project=None, wandb_exp_name=None, wandb_save_dir=None, save=str(tmp_path / "ckpt"),
                 peak_tflops=None, seq_length=64)
-    return SimpleNamespace(**{**base, **kw})
+    argv = ["--data-path", "unused", "--hf-config", "unused"]
+    for name, value in {**base, **kw}.items():
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return parse_run_config(argv, world_size=1)
 
 
 def metric(total, count):

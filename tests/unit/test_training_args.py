@@ -2,22 +2,22 @@
 
 import pytest
 
-from megatron_autoalign.training.arguments import ArgumentError, build_parser, finalize
+from megatron_autoalign.training.arguments import ArgumentError
+from megatron_autoalign.training.config import parse_run_config
 from megatron_autoalign.training.data_order import SampleOrder, microbatch_indices
 
 
 def _args(*argv, world=8):
-    a = build_parser().parse_args(["--data-path", "d", "--hf-config", "/nonexistent", *argv])
-    return finalize(a, world)
+    return parse_run_config(["--data-path", "d", "--hf-config", "/nonexistent", *argv], world)
 
 
 def test_megatron_flag_names_and_derived_sizes():
     a = _args("--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2", "--sequence-parallel",
               "--micro-batch-size", "2", "--global-batch-size", "16", "--dataset", "mmap", "--split", "98,2,0",
               "--patch-tokenizer-type", "Qwen2Tokenizer", "--extra-vocab-size", "293")
-    assert a.data_parallel_size == 2 and a.num_microbatches == 4 and a.sequence_parallel
-    assert a.split_fractions == pytest.approx([0.98, 0.02, 0.0])
-    assert _args().global_batch_size == 8  # default: micro x DP
+    assert a.parallel.data_parallel_size == 2 and a.training.num_microbatches == 4 and a.parallel.sequence_parallel
+    assert a.data.split_fractions == pytest.approx([0.98, 0.02, 0.0])
+    assert _args().training.global_batch_size == 8  # default: micro x DP
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -63,6 +63,6 @@ def test_recompute_swiglu_takes_all_or_a_layer_count():
 
 
 def test_overlap_param_gather_needs_the_distributed_optimizer():
-    assert _args("--use-distributed-optimizer", "--overlap-param-gather").overlap_param_gather
+    assert _args("--use-distributed-optimizer", "--overlap-param-gather").parallel.overlap_param_gather
     with pytest.raises(ArgumentError, match="--overlap-param-gather needs --use-distributed-optimizer"):
         _args("--overlap-param-gather")
