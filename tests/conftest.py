@@ -4,6 +4,7 @@ Built once per machine into a cache directory (MA_TEST_CACHE), not per test.
 """
 
 import os
+import sys
 
 import pytest
 
@@ -14,6 +15,20 @@ def _cached(name: str) -> str:
     path = os.path.join(CACHE, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
+
+
+@pytest.fixture(autouse=True)
+def unpatched_process():
+    """Every test starts and ends without process groups and without any patch of ``runtime/patches.py``
+    (the CPU layer included): a test that needs them sets them up (``init_distributed``, which enables the
+    CPU layer on a machine without CUDA, or ``with cpu_compat.enabled():``), so no result depends on which
+    test ran before (CI runs the tests in random order)."""
+    yield
+    if "megatron_autoalign.runtime" in sys.modules:
+        from megatron_autoalign.runtime import destroy_distributed, patches
+
+        destroy_distributed()
+        patches.restore()
 
 
 @pytest.fixture(scope="session")

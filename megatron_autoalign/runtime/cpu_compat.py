@@ -1,10 +1,12 @@
 """Run megatron-core 0.16.1 on a machine without CUDA (CPU + gloo).
 
-megatron-core assumes CUDA in a handful of places. ``activate()`` redirects exactly those, and only
-when CUDA is absent, so the same training code runs in CI and for CPU smoke runs. Each redirect:
+megatron-core assumes CUDA in a handful of places. ``enable()`` redirects exactly those (``disable()``
+puts them back; ``with enabled():`` for a block), only when CUDA is absent, so the same training code runs
+in CI and for CPU smoke runs. ``init_distributed`` enables it on a machine without CUDA and
+``destroy_distributed`` disables it again; each redirect is registered in ``patches.py``:
 
 1. ``device="cuda"`` / ``torch.cuda.current_device()`` in factory calls, ``Tensor.cuda()``,
-   ``Tensor.to("cuda")``, ``pin_memory=True``: a global ``TorchFunctionMode`` rewrites any CUDA device
+   ``Tensor.to("cuda")``, ``pin_memory=True``: a ``TorchFunctionMode`` (while enabled) rewrites any CUDA device
    to ``cpu`` and drops pinning. ``torch.cuda.current_device()`` returns ``cpu`` so that it can be
    passed as a device.
 2. ``Tensor.type()`` compared against ``'torch.cuda.FloatTensor'`` etc. (optimizer, clip_grads):
@@ -18,11 +20,14 @@ when CUDA is absent, so the same training code runs in CI and for CPU smoke runs
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
-_ACTIVE = False
+from . import patches
+
 _CPU = torch.device("cpu")
 
 
@@ -80,41 +85,63 @@ class _DoneWork:
         return True
 
 
-def activate() -> None:
-    """Install the redirects (idempotent). Call only when ``torch.cuda.is_available()`` is False."""
-    global _ACTIVE
-    if _ACTIVE:
+def enable() -> None:
+    """Install the redirects (idempotent; registered in ``patches.py``). Only without CUDA."""
+    if is_enabled():
         return
     assert not torch.cuda.is_available(), "cpu_compat is for machines without CUDA"
-    _ACTIVE = True
+    replace = patches.replace
+    patches.enter("torch-function-mode", _CudaToCpuMode())
 
-    _CudaToCpuMode().__enter__()  # stays on for the life of the process
-
-    torch.cuda.current_device = lambda: _CPU
     # Distinct function objects: torch.compile's rule table rejects one object under several names.
-    torch.cuda.set_device = lambda *a, **k: None
-    torch.cuda.synchronize = lambda *a, **k: None
-    torch.cuda.empty_cache = lambda *a, **k: None
-    torch.cuda.get_rng_state = lambda device=None: torch.get_rng_state()
-    torch.cuda.set_rng_state = lambda state, device=None: torch.set_rng_state(state)
-    torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
-    torch.cuda.manual_seed_all = lambda seed: None  # torch.manual_seed seeds the CPU generator
-
+    for attribute, value in (
+        ("current_device", lambda: _CPU),
+        ("set_device", lambda *a, **k: None),
+        ("synchronize", lambda *a, **k: None),
+        ("empty_cache", lambda *a, **k: None),
+    ):
+        replace("cuda-device", torch.cuda, attribute, value)
+    for attribute, value in (
+        ("get_rng_state", lambda device=None: torch.get_rng_state()),
+        ("set_rng_state", lambda state, device=None: torch.set_rng_state(state)),
+        ("manual_seed", lambda seed: torch.default_generator.manual_seed(int(seed))),
+        ("manual_seed_all", lambda seed: None),  # torch.manual_seed seeds the CPU generator
+    ):
+        replace("cuda-rng", torch.cuda, attribute, value)
     from megatron.core.tensor_parallel import random as mcore_random
 
-    mcore_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
-    mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    replace("cuda-rng", mcore_random, "_get_cuda_rng_state", lambda *a, **k: torch.get_rng_state())
+    replace("cuda-rng", mcore_random, "_set_cuda_rng_state", lambda state, *a, **k: torch.set_rng_state(state))
 
-    dist.reduce_scatter_tensor = _reduce_scatter_tensor
-    dist._reduce_scatter_base = _reduce_scatter_tensor
+    replace("gloo-reduce-scatter", dist, "reduce_scatter_tensor", _reduce_scatter_tensor)
+    replace("gloo-reduce-scatter", dist, "_reduce_scatter_base", _reduce_scatter_tensor)
     # These modules bound the collective at import time.
     from megatron.core.distributed import param_and_grad_buffer
     from megatron.core.tensor_parallel import layers, mappings
 
     for module in (mappings, layers, param_and_grad_buffer):
-        module.dist_reduce_scatter_func = _reduce_scatter_tensor
+        replace("gloo-reduce-scatter", module, "dist_reduce_scatter_func", _reduce_scatter_tensor)
     _barrier = dist.barrier
-    dist.barrier = lambda group=None, async_op=False, device_ids=None: _barrier(
-        group=group, async_op=async_op
-    )
+    replace("gloo-barrier", dist, "barrier",
+            lambda group=None, async_op=False, device_ids=None: _barrier(group=group, async_op=async_op))
 
+
+def disable() -> None:
+    """Remove every redirect ``enable`` installed (the original torch / megatron-core functions return)."""
+    patches.restore("cpu")
+
+
+def is_enabled() -> bool:
+    return "torch-function-mode" in patches.applied()
+
+
+@contextlib.contextmanager
+def enabled():
+    """``with cpu_compat.enabled():`` the redirects for the block (left as found: on stays on)."""
+    was = is_enabled()
+    enable()
+    try:
+        yield
+    finally:
+        if not was:
+            disable()

@@ -1,4 +1,6 @@
 """Process-group set-up: NCCL when CUDA is present, gloo (plus the CPU compatibility layer) otherwise.
+The CPU layer lives exactly as long as the process groups: ``init_distributed`` enables it on a machine
+without CUDA, ``destroy_distributed`` disables it.
 
 Works under torchrun (RANK/WORLD_SIZE/LOCAL_RANK from the environment) and as a plain single process.
 """
@@ -40,7 +42,7 @@ def init_distributed(
     if not torch.cuda.is_available():
         from . import cpu_compat
 
-        cpu_compat.activate()
+        cpu_compat.enable()
 
     if not dist.is_initialized():
         if torch.cuda.is_available():
@@ -88,12 +90,16 @@ def set_seed(seed: int) -> None:
 
 
 def destroy_distributed() -> None:
+    """Tear down the process groups and the CPU layer ``init_distributed`` enabled."""
     from megatron.core import parallel_state
+
+    from . import cpu_compat
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    cpu_compat.disable()
 
 
 def is_last_rank() -> bool:

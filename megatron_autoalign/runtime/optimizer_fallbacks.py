@@ -57,9 +57,12 @@ def foreach_scale(chunk_size, noop_flag, tensor_lists, scale):
 
 
 def use_foreach_multi_tensor_ops() -> bool:
-    """Put the for-each ops in the slots where megatron-core uses its local stand-ins; True if it did."""
+    """Put the for-each ops in the slots where megatron-core uses its local stand-ins; True if it did
+    (registered in ``patches.py`` as ``foreach-multi-tensor-ops``)."""
     from megatron.core import utils
     from megatron.core.optimizer import clip_grads, optimizer
+
+    from .patches import replace
 
     replaced = False
     for module, slot, local in (
@@ -68,6 +71,7 @@ def use_foreach_multi_tensor_ops() -> bool:
         (optimizer, "multi_tensor_scale_impl", utils.local_multi_tensor_scale),
     ):
         if getattr(module, slot, None) is local:
-            setattr(module, slot, foreach_l2_norm if slot == "l2_norm_impl" else foreach_scale)
+            replace("foreach-multi-tensor-ops", module, slot,
+                    foreach_l2_norm if slot == "l2_norm_impl" else foreach_scale)
             replaced = True
     return replaced

@@ -59,9 +59,11 @@ def enable_gradient_accumulation_fusion() -> bool:
         return False
     from megatron.core.tensor_parallel import layers
 
-    if not layers._grad_accum_fusion_available:
-        layers.fused_weight_gradient_mlp_cuda = TorchWgradAccumulation
-        layers._grad_accum_fusion_available = True
+    from .patches import replace
+
+    if not layers._grad_accum_fusion_available:  # registered in patches.py as wgrad-accumulation
+        replace("wgrad-accumulation", layers, "fused_weight_gradient_mlp_cuda", TorchWgradAccumulation)
+        replace("wgrad-accumulation", layers, "_grad_accum_fusion_available", True)
     return True
 
 

@@ -59,7 +59,7 @@ def test_pipeline_split_covers_every_layer(layers, pp):
     assert first + last + int(middle) * (pp - 2) == layers
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def attention():
     from megatron.core.transformer import TransformerConfig
 
