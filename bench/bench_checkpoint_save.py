@@ -76,9 +76,9 @@ def main() -> int:
     world, rank = dist.get_world_size(), dist.get_rank()
     shape = types.SimpleNamespace(tp=args.tp, micro_batch_size=1, seq_length=4096, recompute_swiglu=False,
                                   no_grad_accum_fusion=False)
-    targs = training_args(shape, world)
-    targs.train_iters = targs.lr_decay_iters = 1000
-    targs.no_load_optim = targs.no_save_optim = args.no_optim
+    targs = training_args(shape, world).replace(  # what the data would give a real run
+        training={"train_iters": 1000}, optimizer={"lr_decay_iters": 1000},
+        checkpoint={"no_load_optim": args.no_optim, "no_save_optim": args.no_optim})
     tconfig = build_transformer_config(targs, hf_config)
     model = wrap_ddp(targs, tconfig, build_model(targs, hf_config, tconfig))
     optimizer = build_optimizer(targs, model)
@@ -100,7 +100,7 @@ def main() -> int:
                                                 {"consumed_samples": 0, "skipped_steps": 0}, targs,
                                                 with_optim=not args.no_optim))
         size = _disk_bytes(os.path.join(save_dir, f"iter_{it:07d}")) if rank == 0 else 0
-        load_s = _timed(lambda: load_checkpoint(save_dir, model, optimizer, scheduler, targs))
+        load_s = _timed(lambda: load_checkpoint(save_dir, model, optimizer, scheduler, targs.checkpoint))
         if rank == 0 and it > 1:  # one checkpoint on disk at a time (1.5B + Adam is 21.6 GB)
             shutil.rmtree(os.path.join(save_dir, f"iter_{it - 1:07d}"), ignore_errors=True)
         rows.append({"round": it, "save_s": save_s, "load_s": load_s, "bytes": size,

@@ -117,7 +117,7 @@ def run_ours(args, hf_config: dict) -> dict:
         outputs = get_forward_backward_func()(forward_step_func=forward_step, data_iterator=None, model=ddp,
                                               num_microbatches=1, seq_length=seq, micro_batch_size=mbs,
                                               forward_only=False)
-        optimizer_step(optimizer, targs.clip_grad)
+        optimizer_step(optimizer, targs.optimizer.clip_grad)
         step_outputs.append(outputs)
 
     def sync():
