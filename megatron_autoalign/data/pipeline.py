@@ -4,6 +4,7 @@ processes, the checks and manifest fields that end a run, and the command-line w
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import itertools
@@ -53,12 +54,13 @@ def add_common_arguments(p, records: str, seq_len_help: str):
                    help="seconds between plain progress lines when stderr is not a terminal")
 
 
-def check_common_arguments(p, a) -> None:
-    """Range checks and the packing default (short rows: one record each; long rows: pack)."""
+def check_common_arguments(p, a) -> argparse.Namespace:
+    """Range checks; returns the flags with the packing default filled in (short rows: one record each;
+    long rows: pack), a new namespace: the parsed one is never changed."""
     if a.seq_len <= 0 or a.extra_vocab_size < 0 or a.workers < 1:
         p.error("--seq-len and --workers must be positive, --extra-vocab-size >= 0")
-    if a.packing is None:
-        a.packing = a.seq_len >= 2048
+    packing = a.seq_len >= 2048 if a.packing is None else a.packing
+    return argparse.Namespace(**{**vars(a), "packing": packing})
 
 
 @functools.lru_cache(maxsize=4)  # repeated in-process runs (tests, notebooks) reuse the tokenizer

@@ -43,9 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strict-roles", action="store_true",
                    help="skip conversations that start with an assistant turn, end with a user turn or have an "
                         "empty turn, instead of trimming them (the default trims, as FastChat does)")
-    a = p.parse_args(argv)
-    check_common_arguments(p, a)
-    return a
+    return check_common_arguments(p, p.parse_args(argv))
 
 
 # --- worker side (state set in the parent before forking) ---------------------------------------------

@@ -42,9 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m megatron_autoalign.dpo.preprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p, "preference pairs", "maximum tokens of each sequence (chosen or rejected)")
-    a = p.parse_args(argv)
-    check_common_arguments(p, a)
-    return a
+    return check_common_arguments(p, p.parse_args(argv))
 
 
 def encode_conversation(penc, template, conv) -> tuple[list[int], np.ndarray]:
