@@ -35,10 +35,16 @@ class UnsupportedVocab(Exception):
     pass
 
 
+def _is_raw(tokenizer) -> bool:
+    """A `tokenizers.Tokenizer` read straight from tokenizer.json (no transformers), not an HF tokenizer."""
+    return not hasattr(tokenizer, "backend_tokenizer")
+
+
 def _added_tokens(tokenizer) -> tuple[dict[str, int], dict[str, int]]:
     """(special, non-special) added tokens: content -> id."""
     special, plain = {}, {}
-    for tid, tok in tokenizer.added_tokens_decoder.items():
+    decoder = tokenizer.get_added_tokens_decoder() if _is_raw(tokenizer) else tokenizer.added_tokens_decoder
+    for tid, tok in decoder.items():
         (special if tok.special else plain)[tok.content] = int(tid)
     return special, plain
 
@@ -49,6 +55,9 @@ class HFEncoder:
     def __init__(self, tokenizer):
         self.tok = tokenizer
         self.special_ids, _ = _added_tokens(tokenizer)
+        if _is_raw(tokenizer):  # what HF's fast tokenizer does with split_special_tokens=True
+            tokenizer.encode_special_tokens = True
+            self.encode = lambda text: tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode(self, text: str) -> list[int]:
         # split_special_tokens: special strings in text are plain text
@@ -72,7 +81,7 @@ class TiktokenEncoder:
 
     def __init__(self, tokenizer):
         import tiktoken  # noqa: F401  (fail before the work below when it is not installed)
-        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        spec = json.loads((tokenizer if _is_raw(tokenizer) else tokenizer.backend_tokenizer).to_str())
         model, pre, norm = spec["model"], spec.get("pre_tokenizer") or {}, spec.get("normalizer")
         if model.get("type") != "BPE" or model.get("byte_fallback") or model.get("dropout") \
                 or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):

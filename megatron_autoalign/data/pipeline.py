@@ -106,6 +106,25 @@ def open_input(args, what: str):
     return reader, Progress(reader, what, enabled=not args.no_progress, interval=args.progress_interval)
 
 
+def _fast_encoder_without_transformers(path: str, samples):
+    """(TiktokenEncoder, TokenizerInfo) from the tokenizer cache, else built from the tokenizer files alone
+    (then cached); verified on ``samples`` either way. None: take the path through transformers."""
+    cached = tokenizer_cache.load(path)
+    if cached is not None:
+        enc = TiktokenEncoder.from_spec(cached[1])
+        if tokenizer_cache.agrees_with_tokenizer(path, enc, samples):
+            return enc, cached[0]
+    light = tokenizer_cache.light_tokenizer(path)
+    if light is None:
+        return None
+    try:
+        enc = build_encoder(light[0], "fast", samples)  # checked on VERIFY_TEXTS and the samples
+    except ValueError:
+        return None
+    tokenizer_cache.store(path, light[1], enc.spec)
+    return enc, light[1]
+
+
 def start_encoding(args, reader, batch_size: int, sample_texts):
     """(tokenizer, encoder, template, batches): the encoder is verified on texts of the first batch.
 
@@ -119,10 +138,9 @@ def start_encoding(args, reader, batch_size: int, sample_texts):
     # the first 64 texts, each cut to 2,000 characters (still a string both encoders must agree on).
     samples = [t[:2000] for t in sample_texts(first)[:64]]
     path, hf_tok = args.hf_model_path, None
-    cached = tokenizer_cache.load(path) if args.encoder != "hf" else None
-    enc = TiktokenEncoder.from_spec(cached[1]) if cached else None
-    if enc is not None and tokenizer_cache.agrees_with_tokenizer(path, enc, samples):
-        info = cached[0]
+    found = _fast_encoder_without_transformers(path, samples) if args.encoder != "hf" else None
+    if found is not None:
+        enc, info = found
         _check_class(path, args.tokenizer_class, info.class_name)
     else:
         hf_tok = load_tokenizer(path, args.tokenizer_class)

@@ -13,6 +13,7 @@ Location: $MA_TOKENIZER_CACHE, else ~/.cache/megatron_autoalign/tokenizers. Unwr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 
@@ -84,6 +85,47 @@ def store(path: str, info: TokenizerInfo, spec: dict) -> None:
             os.remove(tmp)
         except OSError:
             pass
+
+
+def light_tokenizer(path: str):
+    """(tokenizers.Tokenizer, TokenizerInfo) read from the files without transformers (its import, with
+    torch's, is most of a first run's start-up), or None where transformers' loading logic could give a
+    different tokenizer: an added_tokens.json, or a tokenizer_config.json / special_tokens_map.json that
+    adds tokens tokenizer.json lacks. The caller still verifies the fast encoder against this tokenizer."""
+    files = {n: os.path.join(path, n) for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                               "added_tokens.json")}
+    if not os.path.isfile(files["tokenizer.json"]) or os.path.exists(files["added_tokens.json"]):
+        return None
+    cfg = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map overrides, as in transformers
+        if os.path.isfile(files[name]):
+            with open(files[name]) as f:
+                cfg.update(json.load(f))
+    from tokenizers import Tokenizer
+    raw = Tokenizer.from_file(files["tokenizer.json"])
+    added = raw.get_added_tokens_decoder()
+    for tid, want in (cfg.get("added_tokens_decoder") or {}).items():
+        have = added.get(int(tid))
+        if have is None or have.content != want.get("content") or bool(have.special) != bool(want.get("special")):
+            return None
+    specials = {t.content for t in added.values() if t.special}
+    extra = cfg.get("additional_special_tokens") or []
+    if not isinstance(extra, list) or any(_content(t) not in specials for t in extra):
+        return None
+
+    def token_id(name):
+        tok = _content(cfg.get(name))
+        return raw.token_to_id(tok) if tok else None
+
+    info = TokenizerInfo(raw.get_vocab_size(with_added_tokens=True), raw.get_vocab_size(with_added_tokens=False),
+                         token_id("eos_token"), token_id("pad_token"),
+                         cfg.get("tokenizer_class") or "PreTrainedTokenizerFast")
+    return raw, info
+
+
+def _content(token):
+    """A special token as tokenizer configs write it: a string or an AddedToken dict."""
+    return token.get("content") if isinstance(token, dict) else token
 
 
 def agrees_with_tokenizer(path: str, encoder, texts) -> bool:

@@ -236,9 +236,10 @@ def test_index_writer_matches_megatron_builder(tmp_path):
     assert len(ds.document_indices) == len(docs) + 1
 
 
-def test_second_run_uses_the_tokenizer_cache(tmp_path, qwen_tokenizer_dir):
-    """After one run, the encoder comes from the per-tokenizer cache: neither transformers nor torch is
-    imported (the start-up cost), and the output is byte-identical. The key is the tokenizer files' hash."""
+def test_runs_import_neither_transformers_nor_torch(tmp_path, qwen_tokenizer_dir):
+    """The fast encoder is built from the tokenizer files alone (first run) and then comes from the
+    per-tokenizer cache: neither transformers nor torch is imported (their import is most of the start-up),
+    and the output is byte-identical to the path through transformers. The key is the tokenizer files' hash."""
     import shutil
 
     from megatron_autoalign.data import tokenizer_cache
@@ -250,18 +251,20 @@ def test_second_run_uses_the_tokenizer_cache(tmp_path, qwen_tokenizer_dir):
             "rc = main(sys.argv[1:]); print(json.dumps([rc, 'transformers' in sys.modules, 'torch' in sys.modules]))")
     env = dict(os.environ, MA_TOKENIZER_CACHE=str(tmp_path / "cache"), PYTHONPATH=REPO)
     outs = []
-    for k in range(2):
+    for k in range(3):
         out = str(tmp_path / f"o{k}" / "sft")
         r = subprocess.run([sys.executable, "-c", code, "--input", inp, "--output-prefix", out, "--hf-model-path",
-                            str(tok_dir), "--seq-len", "256", "--workers", "1", "--no-progress"],
+                            str(tok_dir), "--seq-len", "256", "--workers", "1", "--no-progress"]
+                           + (["--encoder", "hf"] if k == 2 else []),
                            env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         outs.append((out, json.loads(r.stdout.strip().splitlines()[-1])))
-    assert outs[0][1][:2] == [0, True] and outs[1][1] == [0, False, False]
+    assert outs[0][1] == outs[1][1] == [0, False, False] and outs[2][1][:2] == [0, True]
     for f in ("_input_ids.bin", "_input_ids.idx", "_labels.bin", "_labels.idx"):
-        assert open(outs[0][0] + f, "rb").read() == open(outs[1][0] + f, "rb").read(), f
-    m0, m1 = load_manifest(outs[0][0]), load_manifest(outs[1][0])
-    assert m0["tokenizer"] == m1["tokenizer"] and m1["encoder"] == "tiktoken"
+        assert open(outs[0][0] + f, "rb").read() == open(outs[1][0] + f, "rb").read() \
+            == open(outs[2][0] + f, "rb").read(), f
+    m0, m1, m2 = (load_manifest(o[0]) for o in outs)
+    assert m0["tokenizer"] == m1["tokenizer"] == m2["tokenizer"] and m1["encoder"] == "tiktoken" and m2["encoder"] == "hf"
     key = tokenizer_cache.files_key(str(tok_dir))
     assert os.listdir(tmp_path / "cache") == [key + ".pkl"]
     cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
@@ -271,7 +274,7 @@ def test_second_run_uses_the_tokenizer_cache(tmp_path, qwen_tokenizer_dir):
 
 def test_cached_encoder_that_disagrees_is_not_used(tmp_path, qwen_tokenizer_dir, monkeypatch):
     """A cache entry whose encoder disagrees with the tokenizer on the data (a corrupted or stale file) is
-    ignored: the run takes the full path (HF tokenizer, fresh verified encoder) and writes correct ids."""
+    ignored: the run builds and verifies a fresh encoder (and rewrites the entry) and writes correct ids."""
     import pickle
 
     from megatron_autoalign.data import tokenizer_cache
@@ -293,4 +296,35 @@ def test_cached_encoder_that_disagrees_is_not_used(tmp_path, qwen_tokenizer_dir,
     assert run(tmp_path, qwen_tokenizer_dir, inp, prefix="b/sft")[0] == 0
     for f in ("_input_ids.bin", "_labels.bin"):
         assert (tmp_path / f"a/sft{f}").read_bytes() == (tmp_path / f"b/sft{f}").read_bytes()
-    assert tokenizer_cache.load(qwen_tokenizer_dir)[1]["rank_to_id"][i] == q  # rewritten by the full path
+    assert tokenizer_cache.load(qwen_tokenizer_dir)[1]["rank_to_id"][i] == q  # rewritten
+
+
+def test_tokenizer_read_without_transformers_matches_hf(tmp_path, qwen_tokenizer_dir):
+    """light_tokenizer (tokenizers only) gives the same facts and the same fast encoder as transformers'
+    AutoTokenizer, also with added special tokens; files it cannot interpret alone send the run to HF."""
+    import shutil
+
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    from megatron_autoalign.data.encoder import TiktokenEncoder
+    from megatron_autoalign.data.tokenizer_cache import TokenizerInfo, light_tokenizer
+
+    extended = tmp_path / "extended"
+    t = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+    t.add_tokens([AddedToken("<|eot_id|>", special=True), AddedToken("<think>", special=False)], special_tokens=True)
+    t.save_pretrained(extended)
+    for d in (qwen_tokenizer_dir, str(extended)):
+        hf = AutoTokenizer.from_pretrained(d)
+        raw, info = light_tokenizer(d)
+        assert vars(info) == vars(TokenizerInfo.of(hf)) | {"class_name": info.class_name}
+        assert info.class_name.replace("Fast", "") == type(hf).__name__.replace("Fast", "")
+        assert TiktokenEncoder(raw).spec == TiktokenEncoder(hf).spec
+    assert len(light_tokenizer(str(extended))[1]) == 151667
+    odd = tmp_path / "odd"
+    shutil.copytree(qwen_tokenizer_dir, odd)
+    (odd / "special_tokens_map.json").write_text(json.dumps({"additional_special_tokens": ["<|not_there|>"]}))
+    assert light_tokenizer(str(odd)) is None
+    (odd / "special_tokens_map.json").unlink()
+    (odd / "added_tokens.json").write_text("{}")
+    assert light_tokenizer(str(odd)) is None
