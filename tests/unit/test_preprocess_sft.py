@@ -181,7 +181,7 @@ def test_vocab_check_against_config(tmp_path, qwen_tokenizer_dir, capsys):
 def test_unknown_template_is_one_line_error(tmp_path, qwen_tokenizer_dir, capsys):
     rc, _ = run(tmp_path, qwen_tokenizer_dir, write(tmp_path / "d.json", [conv(0)]), "--template", "alpaca")
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "known templates: chatml, llama-3-instruct, qwen, hf" in err[0]
+    assert rc == 2 and len(err) == 1 and "known templates: chatml, llama-3-instruct, qwen, qwen3, hf" in err[0]
 
 
 def test_reader_errors(tmp_path, qwen_tokenizer_dir):
