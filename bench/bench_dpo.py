@@ -138,6 +138,13 @@ def run_ours(args, data: dict, reference: str, log: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------- TRL
 
+def trl_record(record: dict) -> dict:
+    """One of our chat preference records in TRL's conversational preference format. TRL renders
+    prompt + reply with the tokenizer's chat template: the same tokens as our preprocessing
+    (tests/unit/test_bench_dpo.py)."""
+    return {"prompt": record["messages"], "chosen": [record["chosen"]], "rejected": [record["rejected"]]}
+
+
 def run_trl(args, data: dict, precompute: bool, gradient_checkpointing: bool) -> dict:
     """TRL in a child process (its own CUDA context and memory), result as JSON on stdout."""
     spec = {"hf": data["hf"], "records": data["records"], "cfg": data["cfg"], "warmup": args.warmup,
@@ -159,10 +166,7 @@ def trl_worker(spec_json: str) -> None:
 
     spec = json.loads(spec_json)
     cuda = torch.cuda.is_available()
-    rows = []
-    for line in open(spec["records"]):  # our record shape -> TRL's conversational preference format
-        r = json.loads(line)
-        rows.append({"prompt": r["messages"], "chosen": [r["chosen"]], "rejected": [r["rejected"]]})
+    rows = [trl_record(json.loads(line)) for line in open(spec["records"])]
     tok = AutoTokenizer.from_pretrained(spec["hf"])
 
     def load():
