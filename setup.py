@@ -11,6 +11,7 @@ setup(
         "torch>=2.6",
         "megatron-core==0.16.1",
         "transformers>=4.45",
+        "tokenizers>=0.20",  # also imported directly: preprocessing reads tokenizer.json without transformers
         "safetensors",
         "numpy",
         "tqdm",
