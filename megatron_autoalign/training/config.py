@@ -25,8 +25,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-import torch
-
 from .arguments import IGNORED_FLAGS, IGNORED_WITH_VALUE, ArgumentError, build_parser
 
 
@@ -107,7 +105,9 @@ class ModelConfig:
     hidden_dropout: float
 
     @property
-    def params_dtype(self) -> torch.dtype:
+    def params_dtype(self):
+        import torch  # here, not at the top: checking the flags (check_args, --help) must not wait for torch
+
         return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else torch.float32
 
     @property
