@@ -200,10 +200,13 @@ def config_from_flags(values: dict, world_size: int, task_cls=None) -> RunConfig
     task_class = getattr(task_cls, "config_class", None)
     groups = {name: _build(cls, values) for name, cls in GROUPS.items()}
     task_cfg = _build(task_class, values) if task_class else None
-    ignored = {_dest(f) for f in IGNORED_WITH_VALUE + IGNORED_FLAGS}
-    left = set(values) - ignored
+    ignored = {_dest(f): f for f in IGNORED_WITH_VALUE + IGNORED_FLAGS}
+    left = set(values) - set(ignored)
     if left:  # a flag was added to the parser without a field: it would be parsed and never used
         raise AssertionError(f"flags without a config field (add them to a group in training/config.py): {sorted(left)}")
+    given = [ignored[d] for d in ignored if values.get(d) not in (None, False)]
+    if given:  # accepted so that upstream scripts run; said, not silent
+        warnings.append(f"{', '.join(given)}: accepted for upstream Megatron-LM scripts, no effect here")
     return RunConfig(**groups, task=task_cfg, warnings=tuple(warnings))
 
 

@@ -66,6 +66,8 @@ def test_flags_without_effect_where_upstream_accepts_them_warn():
     assert any("--no-load-optim has no effect without --load" in w for w in cfg.warnings)
     assert any("--exit-interval without --save" in w for w in cfg.warnings)
     assert not _cfg("--load", "x", "--no-load-optim", "--save", "x", "--exit-interval", "3").warnings
+    upstream = _cfg("--patch-tokenizer-type", "Qwen2Tokenizer", "--swiglu").warnings
+    assert upstream == ("--patch-tokenizer-type, --swiglu: accepted for upstream Megatron-LM scripts, no effect here",)
 
 
 def test_recompute_defaults_follow_megatron():
