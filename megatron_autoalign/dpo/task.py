@@ -51,6 +51,15 @@ class DPOConfig:
         """online | precomputed | none: a reference-free loss (SimPO) uses no reference whatever --reference says."""
         return self.reference if self.loss.needs_reference else "none"
 
+    @property
+    def warnings(self) -> tuple:
+        """Given flags without effect (the run config prints them)."""
+        given = [flag for flag, on in (("--reference precomputed", self.reference == "precomputed"),
+                                       ("--ref-load", bool(self.ref_load))) if on]
+        if self.loss.needs_reference or not given:
+            return ()
+        return (f"--loss-type {self.loss_type} is reference-free: {' and '.join(given)} without effect",)
+
 
 class DPOTask(Task):
     name = "dpo"

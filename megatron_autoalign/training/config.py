@@ -200,6 +200,7 @@ def config_from_flags(values: dict, world_size: int, task_cls=None) -> RunConfig
     task_class = getattr(task_cls, "config_class", None)
     groups = {name: _build(cls, values) for name, cls in GROUPS.items()}
     task_cfg = _build(task_class, values) if task_class else None
+    warnings += list(getattr(task_cfg, "warnings", ()))  # a task config may name its own flags without effect
     ignored = {_dest(f): f for f in IGNORED_WITH_VALUE + IGNORED_FLAGS}
     left = set(values) - set(ignored)
     if left:  # a flag was added to the parser without a field: it would be parsed and never used
@@ -317,7 +318,13 @@ def _derive(v: dict, world_size: int) -> tuple[dict, list[str]]:
     if not split or any(x < 0 for x in split) or sum(split) <= 0:
         raise ArgumentError(f"--split {v['split']!r}: expected non-negative weights like 98,2,0")
     split = (split + [0.0, 0.0])[:3]
-    v["split_fractions"] = tuple(x / sum(split) for x in split)
+    v["split_fractions"] = fractions = tuple(x / sum(split) for x in split)
+    if fractions[2] > 0:
+        warnings.append(f"--split {v['split']}: the test part ({100 * fractions[2]:.3g}% of the rows) is neither "
+                        "trained on nor evaluated (there is no test pass)")
+    if v["valid_data_path"] and fractions[1] > 0:
+        warnings.append(f"--split {v['split']}: --valid-data-path replaces the validation part, so its "
+                        f"{100 * fractions[1]:.3g}% of the rows are neither trained on nor evaluated")
 
     # model files: the HF config (and tokenizer) default to the converted checkpoint's directory
     ckpt_dir = v["pretrained_checkpoint"]

@@ -70,6 +70,15 @@ def test_flags_without_effect_where_upstream_accepts_them_warn():
     assert upstream == ("--patch-tokenizer-type, --swiglu: accepted for upstream Megatron-LM scripts, no effect here",)
 
 
+def test_unused_parts_of_the_split_are_said():
+    assert not _cfg("--split", "98,2,0").warnings
+    assert _cfg("--split", "90,5,5").warnings == (
+        "--split 90,5,5: the test part (5% of the rows) is neither trained on nor evaluated (there is no test pass)",)
+    assert _cfg("--split", "98,2,0", "--valid-data-path", "v").warnings == (
+        "--split 98,2,0: --valid-data-path replaces the validation part, so its 2% of the rows are neither "
+        "trained on nor evaluated",)
+
+
 def test_recompute_defaults_follow_megatron():
     full = _cfg("--recompute-granularity", "full").model
     assert (full.recompute_method, full.recompute_num_layers) == ("uniform", 1)
@@ -114,3 +123,6 @@ def test_dpo_task_config_reference_source():
     simpo = _cfg("--loss-type", "simpo", "--reference", "online", task_cls=DPOTask).task
     assert simpo.reference == "online" and simpo.reference_source == "none"  # reference-free: nothing to load
     assert DPOTask(_cfg("--loss-type", "simpo", task_cls=DPOTask)).needs_reference_model is False
+    assert not _cfg("--loss-type", "simpo", task_cls=DPOTask).warnings
+    assert _cfg("--loss-type", "simpo", "--ref-load", "r", task_cls=DPOTask).warnings == (
+        "--loss-type simpo is reference-free: --ref-load without effect",)
