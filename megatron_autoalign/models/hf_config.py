@@ -30,8 +30,10 @@ def load_hf_config(path: str) -> dict:
     supported = [a for f in FAMILIES.values() for a in f.architectures]
     if archs and not any(a in supported for a in archs):
         raise ConfigError(f"{file}: unsupported architecture {archs}; supported: {tuple(supported)}")
-    if cfg.get("model_type", "qwen2") not in FAMILIES:
-        raise ConfigError(f"{file}: unsupported model_type {cfg.get('model_type')!r}; expected one of {', '.join(FAMILIES)}")
+    try:
+        family_of(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{file}: {e}") from None
     return cfg
 
 
