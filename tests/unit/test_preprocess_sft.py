@@ -319,7 +319,8 @@ def test_tokenizer_read_without_transformers_matches_hf(tmp_path, qwen_tokenizer
         raw, info = light_tokenizer(d)
         assert vars(info) == vars(TokenizerInfo.of(hf)) | {"class_name": info.class_name}
         assert info.class_name.replace("Fast", "") == type(hf).__name__.replace("Fast", "")
-        assert TiktokenEncoder(raw).spec == TiktokenEncoder(hf).spec
+    # (the plain tokenizer's encoder is compared through whole runs in test_runs_import_neither_...)
+    assert TiktokenEncoder(raw).spec == TiktokenEncoder(hf).spec
     assert len(light_tokenizer(str(extended))[1]) == 151667
     odd = tmp_path / "odd"
     shutil.copytree(qwen_tokenizer_dir, odd)
