@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from ..host import unwritable_reason
 from ..models.family import ConfigError
 from ..models.hf_config import (
     check_model_size, check_tensor_parallel, dims_of, family_of, load_hf_config, pipeline_split,
@@ -65,6 +66,9 @@ def _bool(text: str) -> bool:
 def _check_destination(path: str) -> None:
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise CheckpointError(f"{path}: destination exists and is not empty; choose a new directory")
+    reason = unwritable_reason(path)
+    if reason:
+        raise CheckpointError(f"{path}: cannot write the converted checkpoint here ({reason}); choose another directory")
 
 
 def _check_model(hf_config: dict, args, where: str) -> None:

@@ -19,6 +19,7 @@ from .conversations import DataError
 from . import tokenizer_cache
 from .encoder import TiktokenEncoder, build_encoder
 from .manifest import tokenizer_entry
+from .output_folder import prepare_output
 from .progress import Progress
 from .readers import TRUNCATED_FLAG, open_reader
 from .templates import KNOWN, get_template
@@ -30,6 +31,7 @@ def add_common_arguments(p, records: str, seq_len_help: str):
     p.add_argument("--output-prefix", required=True,
                    help="writes PREFIX_{input_ids,labels}.{bin,idx} + PREFIX_manifest.json")
     p.add_argument("--hf-model-path", required=True, help="directory with the tokenizer (and config.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at --output-prefix")
     p.add_argument("--seq-len", type=int, required=True, help=seq_len_help)
     p.add_argument("--key", default="conversations",
                    help="record key holding the turns (OpenAI 'messages' also accepted)")
@@ -230,6 +232,10 @@ def run_cli(parse_args, run, report, argv=None) -> int:
     ``report(manifest)`` gives the report's table lines."""
     args = parse_args(argv)
     try:
+        stale = prepare_output(args.output_prefix, args.overwrite)
+        if stale:
+            print(f"removed {len(stale)} temporary files of an interrupted run ({os.path.basename(stale[0])} ...)",
+                  file=sys.stderr)
         m = run(args)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

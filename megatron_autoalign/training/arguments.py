@@ -95,6 +95,11 @@ def build_parser(task_cls=None) -> argparse.ArgumentParser:
     a("--no-load-rng", action="store_true")
     a("--finetune", action="store_true", help="load weights from --load but restart iteration, optimizer, data")
     a("--no-save-optim", action="store_true")
+    a("--ckpt-step", type=int, default=None, help="resume from --load's iter_N instead of its latest checkpoint")
+    a("--keep-last-checkpoints", type=int, default=None, metavar="K",
+      help="after each complete save, delete iter_N folders older than the newest K (never the latest)")
+    a("--allow-data-change", action="store_true",
+      help="resume although the training data differs from the data the checkpoint was trained on")
     # eval / logging
     a("--eval-interval", type=int, default=None)
     a("--eval-iters", type=int, default=10)

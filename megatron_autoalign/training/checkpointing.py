@@ -20,8 +20,10 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from megatron_autoalign.checkpoint import iteration_dir, load_megatron_checkpoint_weights, read_tracker, write_tracker
+from megatron_autoalign.checkpoint import iteration_dir, load_megatron_checkpoint_weights, write_tracker
 from megatron_autoalign.checkpoint.layout import TRACKER, copy_hf_side_files
+
+from .resume_checks import check_resumable, check_same_data, prune_checkpoints, resume_iteration
 
 
 # Megatron-LM's default layout of distributed-optimizer state: resumable at any TP/PP with the same DP
@@ -98,6 +100,12 @@ def save_checkpoint(save_dir: str, iteration: int, chunks, optimizer, scheduler,
     if dist.get_rank() == 0:
         copy_model_files(cfg.model, save_dir)
         write_tracker(save_dir, iteration)
+        keep = cfg.checkpoint.keep_last_checkpoints
+        if keep:
+            deleted = prune_checkpoints(save_dir, keep)
+            if deleted:
+                print(f"deleted older checkpoints (--keep-last-checkpoints {keep}): "
+                      f"iterations {', '.join(map(str, deleted))}", flush=True)
     dist.barrier()
     return path
 
@@ -118,16 +126,20 @@ def has_resumable_checkpoint(load_dir: str | None) -> bool:
 
 
 @torch.no_grad()  # fp32 main params are views of the model's leaf parameters: copy into them without autograd
-def load_checkpoint(load_dir: str, chunks, optimizer, scheduler, args) -> dict | None:
-    """Restore from ``load_dir``; returns the train_state for an exact resume, None for weights-only.
-    ``args``: the run's CheckpointConfig (--finetune, --no-load-optim, --no-load-rng)."""
-    it = read_tracker(load_dir)
+def load_checkpoint(load_dir: str, chunks, optimizer, scheduler, args, data_hash: str | None = None,
+                    data_path: str = "") -> dict | None:
+    """Restore from ``load_dir`` (its latest iteration, or --ckpt-step's); returns the train_state for an
+    exact resume, None for weights-only. ``args``: the run's CheckpointConfig (--finetune, --no-load-optim,
+    --no-load-rng, --ckpt-step, --allow-data-change). ``data_hash``: the training data's (``data_path``),
+    checked against the one the checkpoint was trained on."""
+    it = resume_iteration(load_dir, args.ckpt_step)
     if it == "release" or args.finetune:
         load_megatron_checkpoint_weights([_unwrap(c) for c in chunks], load_dir)
         return None
-    path = iteration_dir(load_dir, it)
+    path = check_resumable(load_dir, it)
     common = dist_checkpointing.load_common_state_dict(path)
     train_state = common["train_state"]
+    check_same_data(train_state, data_hash, args.allow_data_change, data_path, path)
     with_optim = not args.no_load_optim and "opt_param_scheduler" in common
     if with_optim:
         _ensure_adam_state(optimizer)

@@ -137,6 +137,9 @@ class CheckpointConfig:
     no_load_rng: bool
     finetune: bool
     no_save_optim: bool
+    ckpt_step: Optional[int]  # resume from this iter_N of --load instead of the latest
+    keep_last_checkpoints: Optional[int]
+    allow_data_change: bool  # resume although the data's manifest differs from the checkpoint's
 
 
 @dataclass(frozen=True)
@@ -287,10 +290,12 @@ def _derive(v: dict, world_size: int) -> tuple[dict, list[str]]:
     # checkpoints
     if v["save_interval"] is not None and v["save_interval"] <= 0:
         raise ArgumentError("--save-interval must be positive")
-    for flag in ("save_interval", "no_save_optim"):
+    if v["keep_last_checkpoints"] is not None and v["keep_last_checkpoints"] < 1:
+        raise ArgumentError("--keep-last-checkpoints must be at least 1")
+    for flag in ("save_interval", "no_save_optim", "keep_last_checkpoints"):
         if v[flag] and not v["save"]:
             raise ArgumentError(f"--{flag.replace('_', '-')} needs --save (no checkpoints are written without it)")
-    for flag in ("no_load_optim", "no_load_rng", "finetune"):
+    for flag in ("no_load_optim", "no_load_rng", "finetune", "ckpt_step", "allow_data_change"):
         if v[flag] and not v["load"]:
             warnings.append(f"--{flag.replace('_', '-')} has no effect without --load "
                             "(--pretrained-checkpoint always loads weights only)")
@@ -328,6 +333,8 @@ def _derive(v: dict, world_size: int) -> tuple[dict, list[str]]:
 
     # model files: the HF config (and tokenizer) default to the converted checkpoint's directory
     ckpt_dir = v["pretrained_checkpoint"]
+    if ckpt_dir and not os.path.exists(ckpt_dir):
+        raise ArgumentError(f"--pretrained-checkpoint {ckpt_dir}: the path does not exist")
     if v["hf_config"] is None:
         v["hf_config"] = ckpt_dir
         if ckpt_dir is None or not os.path.exists(os.path.join(ckpt_dir, "config.json")):

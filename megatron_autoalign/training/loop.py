@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import signal
 import sys
 
 import torch
@@ -18,6 +17,7 @@ import torch.distributed as dist
 from megatron_autoalign.checkpoint import load_megatron_checkpoint_weights
 from megatron_autoalign.models.flops import batch_training_flops
 from megatron_autoalign.runtime import device, is_last_rank, print_rank_0
+from megatron_autoalign.runtime.pipe_safe import protect_stdio
 from megatron_autoalign.runtime.transfer import to_device_async
 
 from .arguments import ArgumentError
@@ -27,6 +27,9 @@ from .model_and_optimizer import (
     build_model, build_optimizer, build_scheduler, build_transformer_config, optimizer_step, wire_schedule_hooks,
     wrap_ddp,
 )
+from .preemption import EXIT_STOPPED, StopSignals, report_exit_code, saving
+from .resume_checks import manifest_sha256
+from .run_lock import LockError, RunLock
 from .startup import parse_and_start, print_warnings, run_entry_point
 from .step_log import StepLogger
 from .task import Task, TaskContext
@@ -84,9 +87,13 @@ def reduce_metrics(outputs, group) -> dict[str, torch.Tensor] | None:
 # ----------------------------------------------------------------------------- the loop
 
 class Trainer:
-    def __init__(self, task_cls, argv=None):
+    def __init__(self, task_cls, argv=None, stop_signals: StopSignals | None = None):
+        # main() installs the handlers before anything else, so that a signal during set-up is kept too
+        self.stop_signals = stop_signals or StopSignals()
         cfg, hf_cfg = parse_and_start(task_cls, argv)
         self.hf_cfg = hf_cfg
+        self._stop_group = dist.new_group(backend="gloo") if dist.get_world_size() > 1 else None
+        self.lock = self._lock_save_dir(cfg.checkpoint.save)  # before anything slow: a second run fails at once
         self.task = task_cls(cfg)
         self.ctx = TaskContext(cfg=cfg, hf_config=hf_cfg)
         self.train_ds, self.valid_ds = self.task.build_datasets(self.ctx)
@@ -106,7 +113,8 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         wire_schedule_hooks(cfg, self.config, self.model, self.optimizer)
-        self.state = {"consumed_samples": 0, "skipped_steps": 0}
+        # the data's identity goes into every checkpoint: a resume on other data is refused (resume_checks.py)
+        self.state = {"consumed_samples": 0, "skipped_steps": 0, "data_manifest_sha256": manifest_sha256(self.ctx.manifest)}
         self.iteration = 0
         self._load()
         if self.task.needs_reference_model:
@@ -120,19 +128,35 @@ class Trainer:
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.dp_cp_group = ps.get_data_parallel_group(with_context_parallel=True)
         self.device = device()
-        self._stop = False
-        # The SIGTERM flag is agreed on over a CPU group: a GPU all-reduce read back with .item() every
-        # step would make the host wait for the optimizer update before it launches the next forward.
-        self._stop_group = dist.new_group(backend="gloo") if dist.get_world_size() > 1 else None
+        self.stopped_by = None  # the stop signal's name once every rank agreed to stop for it
         self.log = StepLogger(cfg, hf_cfg, self.task)
         self.start_iteration, self.last_checkpoint = self.iteration, None
+
+    def _lock_save_dir(self, save: str | None) -> RunLock | None:
+        """Rank 0 takes --save's lock (run_lock.py); every rank fails with its one line when another run holds it."""
+        if not save:
+            return None
+        lock, outcome = (RunLock(save), [None]) if dist.get_rank() == 0 else (None, [None])
+        if lock is not None:
+            try:
+                note = lock.acquire()
+                if note:
+                    print(f"note: {note}", flush=True)
+            except LockError as e:
+                outcome = [str(e)]
+        if self._stop_group is not None:
+            dist.broadcast_object_list(outcome, src=0, group=self._stop_group)
+        if outcome[0]:
+            raise LockError(outcome[0])
+        return lock
 
     def _load(self):
         from .checkpointing import has_resumable_checkpoint, load_checkpoint
 
         a = self.cfg.checkpoint
         if has_resumable_checkpoint(a.load):
-            state = load_checkpoint(a.load, self.model, self.optimizer, self.scheduler, a)
+            state = load_checkpoint(a.load, self.model, self.optimizer, self.scheduler, a,
+                                    data_hash=self.state["data_manifest_sha256"], data_path=self.cfg.data.data_path)
             if state is not None:
                 self.iteration = int(state["iteration"])
                 self.state.update({k: state[k] for k in ("consumed_samples", "skipped_steps") if k in state})
@@ -169,7 +193,8 @@ class Trainer:
         return [to_device(self.task.collate([dataset[i] for i in g]), self.device) for g in groups]
 
     # -- main
-    def train(self):
+    def train(self) -> str | None:
+        """Train to --train-iters; returns the name of the signal that stopped the run early, or None."""
         try:
             self._train()
         except BaseException:
@@ -181,13 +206,15 @@ class Trainer:
             raise
         finally:
             gc.unfreeze()  # _train froze the set-up objects; a later run in this process starts clean
+            if self.lock is not None:
+                self.lock.release()
         self.log.flush()
         self.log.summary(self.iteration, self.start_iteration, self.last_checkpoint)
         self.log.close()
+        return self.stopped_by
 
     def _train(self):
         a, t = self.cfg, self.cfg.training
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
         # The model, optimizer and compiled kernels are hundreds of thousands of long-lived Python objects.
         # Frozen, they are no longer traversed by every full garbage collection, each of which would
         # otherwise stall one training step (the step is limited by the host).
@@ -199,6 +226,10 @@ class Trainer:
         for c in self.model:
             c.train()
         batches = None
+        if self.iteration < t.train_iters and self._should_stop(start_iteration):  # a signal during set-up
+            print_rank_0(f"stopping before the first step ({self.stopped_by}): nothing to save, the resume "
+                         f"point stays at iteration {self.iteration}")
+            return
         while self.iteration < t.train_iters:
             if batches is None:
                 batches = self._batches(self.train_ds, self.order.indices(self.state["consumed_samples"], gbs))
@@ -244,23 +275,28 @@ class Trainer:
                            or (a.checkpoint.save_interval and self.iteration % a.checkpoint.save_interval == 0)):
                 with self.log.paused("checkpoint"):
                     self.save()
-            if stop:
+                # a signal that arrived during the save: that checkpoint is the one to stop at
+                stop = stop or self._should_stop(start_iteration)
+            if stop and self.iteration < t.train_iters:
                 self.log.flush()
-                print_rank_0(f"stopping at iteration {self.iteration} ({'SIGTERM' if self._stop else '--exit-interval'})")
+                saved = f"checkpoint {a.checkpoint.save}" if a.checkpoint.save else "nothing saved (no --save)"
+                print_rank_0(f"stopping at iteration {self.iteration} ({self.stopped_by or '--exit-interval'}); {saved}")
                 return
-        if self.valid_ds is not None and not (t.eval_interval and self.iteration % t.eval_interval == 0):
+        if self.stopped_by:  # a signal at the very end: the run is complete all the same, exit quickly
+            print_rank_0(f"{self.stopped_by} after the last iteration: skipping the final validation")
+            self.stopped_by = None
+        elif self.valid_ds is not None and not (t.eval_interval and self.iteration % t.eval_interval == 0):
             with self.log.paused("validation"):
                 self.evaluate()  # final validation, unless the interval just ran it
 
     def _should_stop(self, start_iteration: int) -> bool:
+        if self.lock is not None:
+            self.lock.refresh()
         # Every rank must agree, or ranks would leave the collective schedule at different steps.
-        if self._stop_group is not None:
-            flag = torch.tensor([1 if self._stop else 0])
-            dist.all_reduce(flag, group=self._stop_group)
-            self._stop = bool(flag.item())
+        self.stopped_by = self.stop_signals.agree(self._stop_group)
         t = self.cfg.training
-        return self._stop or bool(t.exit_interval and self.iteration - start_iteration >= t.exit_interval
-                                  and self.iteration < t.train_iters)
+        return bool(self.stopped_by) or bool(t.exit_interval and self.iteration - start_iteration >= t.exit_interval
+                                             and self.iteration < t.train_iters)
 
     def save(self):
         from .checkpointing import save_checkpoint
@@ -272,8 +308,9 @@ class Trainer:
             # hold other ranks' parameter shards from before the update.
             for m in self.model:
                 m.disable_forward_pre_hook(param_sync=True)
-        path = save_checkpoint(a.checkpoint.save, self.iteration, self.model, self.optimizer, self.scheduler,
-                               self.state, a, with_optim=not a.checkpoint.no_save_optim)
+        with saving():
+            path = save_checkpoint(a.checkpoint.save, self.iteration, self.model, self.optimizer, self.scheduler,
+                                   self.state, a, with_optim=not a.checkpoint.no_save_optim)
         if a.parallel.overlap_param_gather:
             for m in self.model:
                 m.enable_forward_pre_hook()
@@ -308,14 +345,18 @@ class Trainer:
 
 def main(task_cls, argv=None) -> int:
     """Entry point: one-line errors (exit 2) for bad configuration, data or checkpoints; exit 1 when
-    training cannot continue."""
+    training cannot continue; EXIT_STOPPED (75) after a stop signal and its checkpoint (``preemption.py``);
+    0 at --train-iters. The code also goes to $MA_EXIT_STATUS_FILE for the launch scripts."""
 
     def run():
         try:
-            Trainer(task_cls, argv).train()
+            with StopSignals() as stop_signals:
+                stopped_by = Trainer(task_cls, argv, stop_signals).train()
         except TrainingError as e:
             if is_last_rank():
                 print(f"error: {e}", file=sys.stderr, flush=True)
             return 1
+        return EXIT_STOPPED if stopped_by else 0
 
-    return run_entry_point(run)
+    protect_stdio()
+    return report_exit_code(run_entry_point(run))

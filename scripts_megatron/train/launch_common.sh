@@ -44,16 +44,50 @@ check_flags() {
         --world-size $((NNODES * GPUS_PER_NODE)) -- "$@" || exit $?
 }
 
-# run_logged LOG COMMAND: print and run COMMAND, its output also into LOG; a rendezvous that timed out
-# gets one clear line at the end instead of only the launcher's traceback.
+# forward_signal SIG TORCHRUN_PID: to the trainer processes, or to torchrun while it has not started them.
+forward_signal() {
+    echo "${1}: passing it to the trainers and waiting for their checkpoint" >&2
+    pkill "-${1}" -P "${2}" -f -- "-m megatron_autoalign[.]" || kill "-${1}" "${2}" 2>/dev/null || true
+}
+
+# run_logged LOG COMMAND: print and run COMMAND (a torchrun command line), its output also into LOG, and
+# return the trainers' own exit code: 0 = finished, 75 = stopped by a signal after saving a checkpoint
+# (run the script again to resume), 2 = bad input. A rendezvous that timed out gets one clear line at the
+# end instead of only the launcher's traceback. Stopping (README, "Stopping, resuming, preemption"):
+# - SIGTERM, SIGINT, SIGUSR1 and SIGHUP to this script are passed on to the trainers (torchrun's children),
+#   and the script waits for them to save and exit. Not to torchrun itself: when the signal went to the
+#   whole process group, torchrun got it too and passes it on, and a second one would make torchrun stop
+#   waiting for its workers. torchrun passes SIGUSR1 on too (PET_SIGNALS_TO_HANDLE) and kills workers that
+#   take longer than PET_SHUTDOWN_TIMEOUT: STOP_TIMEOUT (default 900 s).
+# - tee ignores these signals, so a signal to the whole process tree still logs how the run ended; if tee
+#   dies anyway, the trainers carry on without it (runtime/pipe_safe.py).
+# - torchrun exits 1 whatever code its workers exit with: they write theirs to MA_EXIT_STATUS_FILE.
 run_logged() {
-    local log=$1 cmd=$2 rc
+    local log=$1 cmd=$2 rc status_file child sig
     echo "${cmd}"
     [ "${NNODES}" -gt 1 ] && echo "node ${NODE_RANK} of ${NNODES}: waiting up to ${RDZV_TIMEOUT}s (RDZV_TIMEOUT) for all nodes at ${MASTER_ADDR}:${MASTER_PORT}"
-    set +e
-    eval "${cmd}" 2>&1 | tee "${log}"
-    rc=${PIPESTATUS[0]}
-    set -e
+    status_file=$(mktemp "${TMPDIR:-/tmp}/megatron_autoalign_exit.XXXXXX")
+    (
+        export MA_EXIT_STATUS_FILE="${status_file}"
+        export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
+        export PET_SHUTDOWN_TIMEOUT=${PET_SHUTDOWN_TIMEOUT:-${STOP_TIMEOUT:-900}}
+        eval "exec ${cmd}"
+    ) > >(trap '' TERM INT USR1 HUP; exec tee "${log}") 2>&1 &
+    child=$!
+    for sig in TERM INT USR1 HUP; do
+        # shellcheck disable=SC2064  # the child's pid is known now
+        trap "forward_signal ${sig} ${child}" "${sig}"
+    done
+    while true; do
+        rc=0
+        wait "${child}" || rc=$?
+        kill -0 "${child}" 2>/dev/null || break  # still there: a forwarded signal interrupted the wait
+    done
+    trap - TERM INT USR1 HUP
+    if [ "${rc}" != "0" ] && [ -s "${status_file}" ]; then
+        rc=$(cat "${status_file}")
+    fi
+    rm -f "${status_file}"
     if [ "${rc}" != "0" ] && grep -q -E "DistStoreError: Timed out after|socket has timed out .* trying to connect" "${log}"; then
         echo "error: node ${NODE_RANK}: the rendezvous at ${MASTER_ADDR}:${MASTER_PORT} timed out after" \
              "${RDZV_TIMEOUT}s: not all ${NNODES} nodes joined (run the same command on every node with the same" \

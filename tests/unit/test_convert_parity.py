@@ -120,3 +120,7 @@ def test_errors_are_one_line_exit_2(tiny_untied_dir, tmp_path, capsys):
     os.remove(bad / shard)
     assert "model.safetensors" in _error(["--load-path", str(bad), "--save-path", str(tmp_path / "o4")], capsys)
     assert "destination exists and is not empty" in _error(["--load-path", tiny_untied_dir, "--save-path", str(bad)], capsys)
+    # an output folder that cannot be written (here: under a file; a read-only folder takes the same path)
+    (tmp_path / "afile").write_text("")
+    assert _error(["--load-path", tiny_untied_dir, "--save-path", str(tmp_path / "afile" / "mg")], capsys) == (
+        f"error: {tmp_path}/afile/mg: cannot write the converted checkpoint here (Not a directory); choose another directory")

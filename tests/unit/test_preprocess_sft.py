@@ -171,10 +171,10 @@ def test_vocab_check_against_config(tmp_path, qwen_tokenizer_dir, capsys):
     inp = write(tmp_path / "d.json", [conv(0)])
     (d / "config.json").write_text(json.dumps({"vocab_size": 151936}))
     assert run(tmp_path, str(d), inp, "--extra-vocab-size", "293")[0] == 0
-    assert run(tmp_path, str(d), inp, "--extra-vocab-size", "421")[0] == 2
+    assert run(tmp_path, str(d), inp, "--extra-vocab-size", "421", "--overwrite")[0] == 2
     assert "421 + 151643 BPE tokens = 152064 > config vocab_size 151936" in capsys.readouterr().err
     (d / "config.json").write_text(json.dumps({"vocab_size": 151000}))
-    assert run(tmp_path, str(d), inp)[0] == 2
+    assert run(tmp_path, str(d), inp, "--overwrite")[0] == 2
     assert "vocab_size 151000 < tokenizer size 151665" in capsys.readouterr().err
 
 
@@ -329,3 +329,38 @@ def test_tokenizer_read_without_transformers_matches_hf(tmp_path, qwen_tokenizer
     (odd / "special_tokens_map.json").unlink()
     (odd / "added_tokens.json").write_text("{}")
     assert light_tokenizer(str(odd)) is None
+
+
+def test_output_is_not_overwritten_and_stale_temporaries_go(tmp_path, qwen_tokenizer_dir, capsys):
+    inp = write(tmp_path / "d.json", [conv(i) for i in range(4)])
+    rc, prefix = run(tmp_path, qwen_tokenizer_dir, inp)
+    assert rc == 0
+    before = open(prefix + "_manifest.json").read()
+    capsys.readouterr()
+    # a second run into a complete dataset: refused in one line, nothing touched
+    rc, _ = run(tmp_path, qwen_tokenizer_dir, write(tmp_path / "e.json", [conv(i + 9) for i in range(4)]))
+    errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error: ")]
+    assert rc == 2 and len(errors) == 1 and "a complete dataset is already at this prefix; pass --overwrite" in errors[0]
+    assert open(prefix + "_manifest.json").read() == before
+    # an interrupted run's temporary files (its pid is gone) are removed by the next run; a live one's stay
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [f"{prefix}_input_ids.tmp{dead.stdout.strip()}.bin", f"{prefix}_manifest.json.tmp{dead.stdout.strip()}"]
+    live = f"{prefix}_labels.tmp{os.getppid()}.bin"
+    for path in stale + [live]:
+        open(path, "wb").write(b"x" * 1000)
+    rc, _ = run(tmp_path, qwen_tokenizer_dir, inp, "--overwrite")
+    assert rc == 0 and "removed 2 temporary files of an interrupted run" in capsys.readouterr().err
+    assert not any(os.path.exists(p) for p in stale) and os.path.exists(live)
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path, qwen_tokenizer_dir, capsys):
+    inp = write(tmp_path / "d.json", [conv(0)])
+    (tmp_path / "afile").write_text("")
+    rc, _ = run(tmp_path, qwen_tokenizer_dir, inp, prefix="afile/sub/sft")  # a folder inside a file
+    errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error: ")]
+    assert rc == 2 and errors == [f"error: {tmp_path}/afile/sub: cannot write the output here (Not a directory); "
+                                  "choose another output prefix"]
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        (tmp_path / "ro").mkdir(mode=0o555)
+        rc, _ = run(tmp_path, qwen_tokenizer_dir, inp, prefix="ro/sft")
+        assert rc == 2 and "ro: cannot write the output here (Permission denied)" in capsys.readouterr().err

@@ -26,6 +26,8 @@ def test_megatron_flag_names_and_derived_sizes():
     (["--bf16", "--fp16"], "mutually exclusive"),
     (["--dataset", "LLama-SFT-Raw"], "only 'mmap'"),
     (["--split", "a,b"], "--split 'a,b': expected non-negative weights"),
+    (["--pretrained-checkpoint", "/no/such/mg"], "--pretrained-checkpoint /no/such/mg: the path does not exist"),
+    (["--keep-last-checkpoints", "0"], "--keep-last-checkpoints must be at least 1"),
 ])
 def test_bad_combinations_fail_with_one_line(argv, fragment):
     with pytest.raises((ArgumentError, ValueError)) as e:

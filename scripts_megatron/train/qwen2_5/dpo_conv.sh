@@ -73,6 +73,10 @@ if [ -z "${DATASET_PATH}" ] || [ -z "${PRETRAIN_CHECKPOINT_PATH}" ]; then
     echo "error: set DATASET_PATH (preprocessed preference prefix) and PRETRAIN_CHECKPOINT_PATH (Megatron checkpoint)" >&2
     exit 2
 fi
+if [ ! -d "${PRETRAIN_CHECKPOINT_PATH}" ]; then
+    echo "error: PRETRAIN_CHECKPOINT_PATH=${PRETRAIN_CHECKPOINT_PATH}: no such directory (a converted Megatron checkpoint)" >&2
+    exit 2
+fi
 case ${REF} in
     online|precomputed) ;;
     *) echo "error: REF=${REF}: expected online or precomputed" >&2; exit 2 ;;

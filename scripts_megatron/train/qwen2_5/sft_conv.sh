@@ -59,6 +59,10 @@ if [ -z "${DATASET_PATH}" ] || [ -z "${PRETRAIN_CHECKPOINT_PATH}" ]; then
     echo "error: set DATASET_PATH (preprocessed prefix) and PRETRAIN_CHECKPOINT_PATH (converted checkpoint)" >&2
     exit 2
 fi
+if [ ! -d "${PRETRAIN_CHECKPOINT_PATH}" ]; then
+    echo "error: PRETRAIN_CHECKPOINT_PATH=${PRETRAIN_CHECKPOINT_PATH}: no such directory (a converted Megatron checkpoint)" >&2
+    exit 2
+fi
 HAS_GPU=$(${PYTHON} -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 if [ -z "${PRECISION}" ]; then
     if [ "${HAS_GPU}" = "1" ]; then PRECISION=bf16; else PRECISION=fp32; fi
