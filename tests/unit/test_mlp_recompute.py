@@ -71,23 +71,25 @@ def test_recompute_swiglu_is_refused_on_the_transformer_engine_path(monkeypatch,
     """Where Transformer Engine imports, 'auto' picks its spec, which has no SwiGLU recompute: the trainer's
     model builder must refuse --recompute-swiglu with one line instead of silently keeping the activation.
     TE is simulated (this machine has none); the refusal comes before any TE module is touched."""
-    from types import SimpleNamespace
-
     from megatron_autoalign.checkpoint.torch_dist import ensure_process_group
     from megatron_autoalign.models import ConfigError, builder, load_hf_config, transformer_config_from_hf
+    from megatron_autoalign.training.config import parse_run_config
     from megatron_autoalign.training.model_and_optimizer import build_model
+
+    def run_config(*flags):  # the trainer's config of these flags
+        return parse_run_config(["--data-path", "unused", "--hf-config", tiny_4layer_dir, *flags], world_size=1)
 
     ensure_process_group()
     monkeypatch.setattr(builder, "transformer_engine_available", lambda: True)
     cfg = load_hf_config(tiny_4layer_dir)
     config = transformer_config_from_hf(cfg, torch.float32)
-    for layers in (True, 3):
-        args = SimpleNamespace(transformer_impl="auto", recompute_swiglu=layers)
+    for layers in ([], ["3"]):  # --recompute-swiglu alone: every layer
+        args = run_config("--transformer-impl", "auto", "--recompute-swiglu", *layers)
         with pytest.raises(ConfigError, match=r"^--recompute-swiglu works with the local spec only, but Transformer "
                                               r"Engine was chosen; add --transformer-impl local") as e:
             build_model(args, cfg, config)
         assert "\n" not in str(e.value)
     # the local spec still takes it (what the message tells the user to choose)
-    args = SimpleNamespace(transformer_impl="local", recompute_swiglu=3)
+    args = run_config("--transformer-impl", "local", "--recompute-swiglu", "3")
     chunk, = build_model(args, cfg, config)
     assert [layer.mlp.recompute_activation for layer in chunk.decoder.layers] == [True, True, True, False]
