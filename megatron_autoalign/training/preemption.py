@@ -61,6 +61,11 @@ def saving():
     and its result queue's server inherit this thread's signal mask), so that a signal to the whole
     process tree cannot kill the save halfway. This process still records the signal: Python runs its
     handler in the main thread as soon as any thread takes delivery, or when the mask is lifted."""
+    from multiprocessing import resource_tracker
+
+    # Started later, multiprocessing's resource tracker would unblock SIGINT and SIGTERM in this thread
+    # (it blocks them around its own start): start it first (it ignores those signals itself).
+    resource_tracker.ensure_running()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield

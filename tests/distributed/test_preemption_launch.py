@@ -2,7 +2,8 @@
 way a scheduler or a user sends them, and the resume after each: the losses of the pieces equal an
 uninterrupted launch's bit for bit.
 
-1. SIGTERM to the script's whole process group (what `scancel` and preemption do; tee dies too).
+1. SIGTERM to every process of the tree after a first save (what `scancel` does to a job's processes):
+   the script, torchrun, tee, the trainers, and the processes megatron's save started in them.
 2. tee killed (the log pipe is gone), then SIGUSR1 to rank 1 alone: both ranks stop after the same step.
 3. The run resumes to its end and exits 0.
 """
@@ -29,7 +30,7 @@ def _env(hf_mg, data, out, log):
             "DATASET_PATH": data, "PRETRAIN_CHECKPOINT_PATH": hf_mg, "OUTPUT_BASEPATH": out, "MODEL_SIZE": "auto",
             "TP": "1", "PP": "1", "CP": "1", "GPUS_PER_NODE": "2", "DO": "false", "BATCH_SIZE": "1",
             "GLOBAL_BATCH_SIZE": "2", "SEQ_LEN": "32", "PAD_LEN": "32", "LR": "1e-3", "MIN_LR": "1e-4",
-            "TRAIN_ITERS": str(ITERS), "SAVE_INTERVAL": "100", "EXTRA_ARGS": f"--log-json {log}"}
+            "TRAIN_ITERS": str(ITERS), "SAVE_INTERVAL": "2", "EXTRA_ARGS": f"--log-json {log}"}
 
 
 def _launch(env, console):
@@ -95,10 +96,14 @@ def test_launch_script_signals_resume_bitwise(setup, tmp_path):  # noqa: F811
     out, log = tmp_path / "out", str(tmp_path / "run.jsonl")
     env = _env(mg, data, str(out), log)
 
-    # 1. the whole process group
+    # 1. every process of the tree, once a save has started megatron's helper processes
     run = _launch(env, tmp_path / "1.out")
-    _wait_for_steps(run, log, 2)
-    os.killpg(run.pid, signal.SIGTERM)
+    _wait_for_steps(run, log, 3)
+    for pid in [run.pid, *_descendants(run.pid)]:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     assert run.wait(timeout=300) == 75, (tmp_path / "1.out").read_text()[-3000:]
     first = len(read_log(log))
     assert _tracker(out) == read_log(log)[-1]["iteration"] == first
