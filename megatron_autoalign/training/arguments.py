@@ -82,7 +82,7 @@ def build_parser(task_cls=None) -> argparse.ArgumentParser:
     a("--no-shuffle", dest="shuffle", action="store_false", help="keep dataset order (default: per-epoch shuffle)")
     a("--seed", type=int, default=1234)
     # model / tokenizer
-    a("--model-size", default="auto", help="0.5B..72B: checked against the HF config.json (auto: no check)")
+    a("--model-size", default="auto", help="Qwen2.5 0.5B..72B or Qwen3 qwen3-0.6B..qwen3-32B: checked against the HF config.json (auto: no check)")
     a("--hf-config", default=None, help="HF model dir or config.json (default: --pretrained-checkpoint dir)")
     a("--tokenizer", "--load-tokenizer", dest="tokenizer", default=None,
       help="tokenizer dir (default: --pretrained-checkpoint dir); only checked against the data manifest")
