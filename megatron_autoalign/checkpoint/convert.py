@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PP: as for TP; uneven splits put the extra layers on the first and last stages")
     p.add_argument("--precision", choices=sorted(DTYPES), default="bf16", help="dtype of the written weights")
     p.add_argument("--use-te", type=_bool, default=True, metavar="{true,false}",
-                   help="legacy layout naming: Transformer Engine spec (norms inside linear_qkv/linear_fc1) or local spec")
+                   help="legacy layout naming: Transformer Engine spec (norms inside linear_qkv/linear_fc1) or local "
+                        "spec (input_layernorm/pre_mlp_layernorm); must match the training run's --transformer-impl")
+    p.add_argument("--no-position-embedding", dest="add_position_embedding", action="store_false",
+                   help="record add_position_embedding=False in the checkpoint args, for Megatron-LM scripts that "
+                        "pass --no-position-embedding (default: True, upstream's default)")
     p.add_argument("--mg2hf", action="store_true", help="Megatron -> HF (default: HF -> Megatron)")
     p.add_argument("--hf-ckpt-path", default=None,
                    help="MG->HF: the original HF model dir supplying config.json and tokenizer files "
@@ -50,7 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF->MG output layout: torch_dist (default, reshardable) or legacy torch mp_rank_TT_PPP")
     p.add_argument("--max-shard-size", default="1GB", help="MG->HF: largest safetensors shard (e.g. 2GB, 500MB)")
     p.add_argument("--verify", action="store_true",
-                   help="after converting, run HF and Megatron models on the same tokens and print logits max-abs diff and cosine")
+                   help="after converting, run HF and Megatron models on the same tokens, print logits max-abs diff "
+                        "and cosine, and exit with 1 when they differ beyond the tolerance (fp32: max-abs 1e-4)")
+    p.add_argument("--verify-tolerance", type=float, default=1e-3,
+                   help="largest accepted logits max-abs difference for --verify (fp32 on CPU: about 1e-6 on the "
+                        "test models)")
+    p.add_argument("--part-size", default="1GB",
+                   help="HF->torch_dist: write the checkpoint in parts of about this size (whole layers), so that "
+                        "memory stays bounded whatever the depth")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
 
@@ -71,6 +82,18 @@ def _check_destination(path: str) -> None:
         raise CheckpointError(f"{path}: cannot write the converted checkpoint here ({reason}); choose another directory")
 
 
+def _remove_partial_output(path: str, created: bool) -> None:
+    """Undo a failed conversion: the destination goes back to absent (or empty, if it existed empty)."""
+    import shutil
+
+    if created:
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.isdir(path):
+        for name in os.listdir(path):
+            full = os.path.join(path, name)
+            shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
+
+
 def _check_model(hf_config: dict, args, where: str) -> None:
     if args.tp < 1 or args.pp < 1:
         raise CheckpointError(f"{where}: TP and PP must be at least 1 (got TP={args.tp}, PP={args.pp})")
@@ -84,19 +107,21 @@ def _check_model(hf_config: dict, args, where: str) -> None:
 
 
 def hf_to_megatron(args, progress) -> None:
-    from .layout import CHECKPOINT_VERSION, copy_hf_side_files, iteration_dir, megatron_args, write_tracker
-    from .safetensors_io import HFReader
+    from .layout import CHECKPOINT_VERSION, copy_hf_side_files, iteration_dir, write_tracker
+    from .megatron_args import megatron_lm_args
+    from .safetensors_io import HFReader, parse_size
 
     reader = HFReader(args.load_path)
     config_file = os.path.join(args.load_path, "config.json")
     _check_model(reader.config, args, config_file)
     dtype = DTYPES[args.precision]
     source = HFSource(reader, family_of(reader.config), dims_of(reader.config))
-    os.makedirs(args.save_path, exist_ok=True)
     iter_dir = iteration_dir(args.save_path, "release")
     os.makedirs(iter_dir, exist_ok=True)
+    impl = "transformer_engine" if args.use_te else "local"
     common = {
-        "args": megatron_args(reader.config, args.tp, args.pp, dtype, args.use_te),
+        "args": megatron_lm_args(reader.config, args.tp, args.pp, dtype, impl, args.ckpt_format,
+                                 add_position_embedding=args.add_position_embedding),
         "checkpoint_version": CHECKPOINT_VERSION,
         "iteration": 0,
     }
@@ -104,12 +129,16 @@ def hf_to_megatron(args, progress) -> None:
         if args.ckpt_format == "torch_dist":
             from .torch_dist import save_torch_dist
 
-            save_torch_dist(source, reader.config, iter_dir, dtype, common, progress=progress("HF -> torch_dist"))
+            save_torch_dist(source, reader.config, iter_dir, dtype, common, progress=progress("HF -> torch_dist parts"),
+                            part_bytes=parse_size(args.part_size))
         else:
             from .legacy import save_legacy
 
             save_legacy(source, reader.config, iter_dir, dtype, args.tp, args.pp, args.use_te, common,
                         progress=progress("HF -> legacy stages"))
+            # Upstream retries a mismatching legacy load non-strictly and silently leaves the norms unset.
+            print(f"legacy checkpoint written with {'Transformer Engine' if args.use_te else 'local'}-spec names: "
+                  f"load it with --transformer-impl {impl}", flush=True)
     except ValueError as e:  # a shape that disagrees with config.json
         raise CheckpointError(f"{args.load_path}: {e}") from None
     copy_hf_side_files(args.load_path, args.save_path)
@@ -132,7 +161,8 @@ def open_megatron_source(path: str, hf_config: dict):
 
 def megatron_to_hf(args, progress) -> None:
     from .hf_export import write_hf_checkpoint
-    from .layout import hf_side_dir
+    from .layout import hf_side_dir, resolve_checkpoint
+    from .recorded_config import check_hf_config_matches
     from .safetensors_io import parse_size
 
     side = args.hf_ckpt_path or hf_side_dir(args.load_path)
@@ -142,7 +172,10 @@ def megatron_to_hf(args, progress) -> None:
         hf_config = load_hf_config(side)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    _check_model(hf_config, args, os.path.join(side, "config.json"))
+    config_file = os.path.join(side, "config.json")
+    _check_model(hf_config, args, config_file)
+    iter_dir, fmt = resolve_checkpoint(args.load_path)
+    check_hf_config_matches(hf_config, config_file, iter_dir, fmt)
     source = open_megatron_source(args.load_path, hf_config)
     try:
         write_hf_checkpoint(source, hf_config, side, args.save_path, DTYPES[args.precision],
@@ -164,16 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     def convert():
         start = time.time()
         _check_destination(args.save_path)
-        if args.mg2hf:
-            megatron_to_hf(args, progress)
-        else:
-            hf_to_megatron(args, progress)
+        created = not os.path.exists(args.save_path)
+        try:
+            if args.mg2hf:
+                megatron_to_hf(args, progress)
+            else:
+                hf_to_megatron(args, progress)
+        except BaseException:
+            _remove_partial_output(args.save_path, created)  # a retry must not find "destination not empty"
+            raise
         print(f"converted {args.load_path} -> {args.save_path} in {time.time() - start:.1f}s", flush=True)
         if args.verify:
-            from .verify import verify
+            from .verify import check_within_tolerance, verify
 
             hf_dir, mg_dir = (args.save_path, args.load_path) if args.mg2hf else (args.load_path, args.save_path)
-            verify(hf_dir, mg_dir)
+            check_within_tolerance(*verify(hf_dir, mg_dir), args.verify_tolerance, where=args.save_path)
 
     return run_command(convert)
 

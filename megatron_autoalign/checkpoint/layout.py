@@ -1,15 +1,13 @@
-"""Megatron checkpoint directory layout: tracker file, iteration folders, format detection, common args."""
+"""Megatron checkpoint directory layout: tracker file, iteration folders, format detection."""
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import shutil
 
 import torch
 
-from ..models.hf_config import family_of, head_dim, rope_theta, size_of
 from .errors import CheckpointError
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -84,27 +82,3 @@ def copy_hf_side_files(src_dir: str, dst_dir: str, skip: tuple[str, ...] = ()) -
             shutil.copyfile(os.path.join(src_dir, name), os.path.join(dst_dir, name))
             copied.append(name)
     return copied
-
-
-def megatron_args(hf_config: dict, tp: int, pp: int, dtype: torch.dtype, use_te: bool) -> argparse.Namespace:
-    """The ``args`` Megatron-LM stores in (and checks against) a checkpoint, with Megatron-LM's names."""
-    s = size_of(hf_config)
-    family_fields = family_of(hf_config).config_fields(hf_config)
-    return argparse.Namespace(
-        num_layers=s.num_layers, hidden_size=s.hidden_size, ffn_hidden_size=s.ffn_hidden_size,
-        num_attention_heads=s.num_attention_heads, group_query_attention=True,
-        num_query_groups=s.num_key_value_heads,
-        kv_channels=head_dim(hf_config),
-        max_position_embeddings=hf_config.get("max_position_embeddings", 32768),
-        seq_length=hf_config.get("max_position_embeddings", 32768),
-        padded_vocab_size=s.vocab_size, vocab_size=s.vocab_size, make_vocab_size_divisible_by=1,
-        untie_embeddings_and_output_weights=not s.tie_word_embeddings,
-        position_embedding_type="rope", add_position_embedding=False, rotary_base=rope_theta(hf_config),
-        normalization="RMSNorm", norm_epsilon=float(hf_config.get("rms_norm_eps", 1e-6)), swiglu=True,
-        add_bias_linear=False, add_qkv_bias=family_fields.get("add_qkv_bias", False),
-        qk_layernorm=family_fields.get("qk_layernorm", False), tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp, params_dtype=dtype, bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16, transformer_impl="transformer_engine" if use_te else "local",
-        tokenizer_type="HuggingFaceTokenizer", data_parallel_random_init=False, iteration=0,
-        consumed_train_samples=0, consumed_valid_samples=0,
-    )

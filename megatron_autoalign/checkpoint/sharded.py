@@ -72,8 +72,10 @@ def fill_sharded_state_dict(sharded_state_dict: dict, source: Source, replace_da
             raise ValueError(f"{sh.key} (layer {layer}): source has shape {tuple(full.shape)}, model expects {expected}")
         piece = full[tuple(slice(o, o + n) for o, n in zip(offsets, sh.local_shape))]
         if replace_data:
-            # own storage (not a view): dist_checkpointing clones views, which would double memory
-            sh.data = piece.to(sh.data.dtype, copy=True).contiguous()
+            # A tensor owning its whole storage is written as is (a whole source tensor: no second copy);
+            # a slice gets storage of its own, since dist_checkpointing clones views (doubling memory).
+            owns_storage = piece.is_contiguous() and piece.untyped_storage().nbytes() == piece.numel() * piece.element_size()
+            sh.data = piece if piece.dtype == sh.data.dtype and owns_storage else piece.to(sh.data.dtype, copy=True).contiguous()
         else:
             with torch.no_grad():
                 sh.data.copy_(piece)

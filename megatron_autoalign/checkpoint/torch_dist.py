@@ -9,6 +9,8 @@ weights and nothing else. Such a checkpoint loads at any TP/PP.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..models.family import ModelFamily
@@ -36,16 +38,66 @@ def meta_model(hf_config: dict, dtype: torch.dtype):
         return build_gpt_model(hf_config, config, pre_process=True, post_process=True)
 
 
-def save_torch_dist(source, hf_config: dict, iter_dir: str, dtype: torch.dtype, common: dict, progress=None) -> None:
-    """Write ``{"model": <filled sharded state dict>, **common}`` to ``iter_dir`` (synchronous)."""
+TE_FINAL_NORM_EXTRA_STATE = "decoder.final_layernorm._extra_state"
+
+
+def add_te_extra_state(model_sharded_state_dict: dict, replica_id=0) -> dict:
+    """Add the one entry a Transformer Engine model asks for that a local-spec model does not write.
+
+    TE's RMSNorm (the TE spec's final norm) keeps ``_extra_state`` (FP8 metadata); a TE-spec model
+    requests ``decoder.final_layernorm._extra_state`` and a strict load fails without it. TE reads None
+    as "no state" (its ``set_extra_state`` returns early), which is what the local spec's linear layers
+    store for their own ``_extra_state`` too. Only added where the dict holds the final norm (last stage).
+    """
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    if "decoder.final_layernorm.weight" in model_sharded_state_dict:
+        model_sharded_state_dict.setdefault(
+            TE_FINAL_NORM_EXTRA_STATE, ShardedObject(TE_FINAL_NORM_EXTRA_STATE, None, (1,), (0,), replica_id=replica_id))
+    return model_sharded_state_dict
+
+
+def save_torch_dist(source, hf_config: dict, iter_dir: str, dtype: torch.dtype, common: dict, progress=None,
+                    part_bytes: int = 2**30) -> int:
+    """Write ``{"model": <sharded state dict filled from source>, **common}`` to ``iter_dir``, streaming.
+
+    The model's entries are written in parts of about ``part_bytes`` (whole layers, at least one; each
+    global tensor alone), every part by ``dist_checkpointing.save`` into a scratch folder, then merged
+    into one checkpoint (``torch_dist_parts``). Peak memory is one part plus the source's working set,
+    whatever the depth. Returns the number of parts.
+    """
+    import shutil
+
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import apply_factories
     from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
 
+    from .torch_dist_parts import merge_parts, plan_parts, rebase_layers
+
     ensure_process_group()
-    model = meta_model(hf_config, dtype)
-    state = {"model": fill_sharded_state_dict(model.sharded_state_dict(), source, replace_data=True, progress=progress)}
-    state.update(common)
-    dist_checkpointing.save(state, iter_dir, sharded_strategy=get_default_save_sharded_strategy("torch_dist"))
+    model_sd = add_te_extra_state(meta_model(hf_config, dtype).sharded_state_dict())
+    apply_factories(model_sd)
+    parts = plan_parts(model_sd, part_bytes)
+    scratch = iter_dir + ".parts"
+    shutil.rmtree(scratch, ignore_errors=True)
+    part_dirs = []
+    try:
+        for i, (keys, first) in enumerate(progress(parts) if progress else parts):
+            state = {"model": fill_sharded_state_dict({k: model_sd.pop(k) for k in keys}, source, replace_data=True)}
+            if first is not None:
+                rebase_layers(state["model"], first)
+            if i == 0:
+                state.update(common)
+            part_dirs.append(os.path.join(scratch, f"part_{i:05d}"))
+            os.makedirs(part_dirs[-1])
+            # Each part covers only some layers of the stacked tensors: the whole is checked after the merge.
+            dist_checkpointing.save(state, part_dirs[-1], validate_access_integrity=False,
+                                    sharded_strategy=get_default_save_sharded_strategy("torch_dist"))
+            del state  # the part's tensors are freed here; nothing else references them
+        merge_parts(part_dirs, [first for _, first in parts], source.dims.num_layers, iter_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return len(parts)
 
 
 def load_torch_dist_into_chunks(model_chunks: list, iter_dir: str, strict: bool = True) -> None:

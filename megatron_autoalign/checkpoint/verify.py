@@ -3,12 +3,13 @@
     python -m megatron_autoalign.checkpoint.verify --hf-path HF_DIR --megatron-path MG_DIR [--dtype fp32]
 
 Prints the max-abs difference and the cosine similarity of the two logits tensors. On CPU in fp32 a
-correct conversion gives max-abs around 1e-6 (the project's tolerance is 1e-4).
+correct conversion gives max-abs around 1e-6; beyond ``--tolerance`` (1e-3) the command exits with 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -62,7 +63,12 @@ def verify(hf_dir: str, mg_dir: str, dtype: torch.dtype = torch.float32, seq_len
     from ..models.hf_config import load_hf_config
     from ..runtime import device
 
+    from .layout import resolve_checkpoint
+    from .recorded_config import check_hf_config_matches
+
     hf_config = load_hf_config(hf_dir)
+    # Both models are built from this config: one that disagrees with the checkpoint would agree with itself.
+    check_hf_config_matches(hf_config, os.path.join(hf_dir, "config.json"), *resolve_checkpoint(mg_dir))
     tokens = sample_tokens(hf_config["vocab_size"], seq_len=seq_len)
     mg = megatron_logits(mg_dir, hf_config, tokens, dtype)
     hf = hf_logits(hf_dir, tokens, dtype, device())
@@ -74,14 +80,27 @@ def verify(hf_dir: str, mg_dir: str, dtype: torch.dtype = torch.float32, seq_len
     return max_abs, cosine
 
 
+def check_within_tolerance(max_abs: float, cosine: float, tolerance: float, where: str) -> None:
+    """A conversion whose logits differ beyond ``tolerance`` is an error, not a printed number."""
+    if not (max_abs <= tolerance and cosine > 1 - tolerance):  # also catches NaN
+        raise CheckpointError(f"{where}: verify failed: logits max-abs diff {max_abs:.3e} > tolerance {tolerance:.0e} "
+                              f"(cosine {cosine:.8f}); the converted model does not compute what the HF model computes")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megatron_autoalign.checkpoint.verify", description=__doc__.split("\n")[0])
     p.add_argument("--hf-path", required=True, help="HF model directory")
     p.add_argument("--megatron-path", required=True, help="Megatron checkpoint (root with tracker or an iteration folder)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="compute dtype of both models")
     p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--tolerance", type=float, default=1e-3, help="exit 2 when the logits max-abs diff exceeds this")
     args = p.parse_args(argv)
-    return run_command(lambda: verify(args.hf_path, args.megatron_path, DTYPES[args.dtype], args.seq_len))
+
+    def body():
+        result = verify(args.hf_path, args.megatron_path, DTYPES[args.dtype], args.seq_len)
+        check_within_tolerance(*result, args.tolerance, where=args.megatron_path)
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,17 @@ from .registry import FAMILIES
 from .tensor_map import Dims
 
 
+# Shapes a Qwen config.json always names; a file without them is not a model config (one-line error).
+REQUIRED_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "vocab_size")
+
+
 def load_hf_config(path: str) -> dict:
-    """Read ``config.json`` from an HF model directory (or the file itself)."""
+    """Read ``config.json`` from an HF model directory (or the file itself).
+
+    What the file leaves out is filled in by transformers' own config class of its model_type, so a value is never read
+    differently from HF (``rope_theta`` without ``rope_parameters`` is HF's 10000, not Qwen2.5's 1e6).
+    """
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise ConfigError(f"{file}: no config.json found")
@@ -34,7 +43,29 @@ def load_hf_config(path: str) -> dict:
         family_of(cfg)
     except ConfigError as e:
         raise ConfigError(f"{file}: {e}") from None
-    return cfg
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise ConfigError(f"{file}: missing {', '.join(missing)} (a model config.json names every shape)")
+    return _with_hf_defaults(cfg, file)
+
+
+def _with_hf_defaults(cfg: dict, file: str) -> dict:
+    from transformers import AutoConfig
+
+    model_type = cfg.get("model_type", "qwen2")
+    try:
+        hf = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k != "model_type"})
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{file}: transformers' {model_type} config rejects it ({type(e).__name__}: {e})") from None
+    rope = getattr(hf, "rope_parameters", None) or {"rope_theta": getattr(hf, "rope_theta", None),
+                                                     "rope_type": (getattr(hf, "rope_scaling", None) or {}).get("rope_type", "default")}
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"{file}: rope type {rope['rope_type']!r} is not supported (only the default RoPE)")
+    full = dict(cfg)
+    full["rope_theta"] = float(rope["rope_theta"])
+    for key in ("rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "initializer_range"):
+        full.setdefault(key, getattr(hf, key))
+    return full
 
 
 def family_of(cfg: dict) -> ModelFamily:
@@ -158,8 +189,9 @@ def transformer_config_from_hf(cfg: dict, params_dtype: torch.dtype = torch.floa
 
 
 def rope_theta(cfg: dict) -> float:
+    """RoPE base; a dict from ``load_hf_config`` always has it (HF's default, 10000, when the file has none)."""
     rope = cfg.get("rope_parameters") or {}
-    return float(cfg.get("rope_theta") or rope.get("rope_theta") or 1_000_000.0)
+    return float(cfg.get("rope_theta") or rope.get("rope_theta") or 10_000.0)
 
 
 def pipeline_split(num_layers: int, pp: int) -> dict:

@@ -103,3 +103,52 @@ def _save_random(model, out_dir: str, max_shard_size: str | None = None) -> str:
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out_dir, safe_serialization=True, **kwargs)
     return out_dir
+
+
+def write_synthetic_qwen2(out_dir: str, num_layers: int, hidden_size: int, intermediate_size: int, num_heads: int,
+                          num_kv_heads: int, vocab_size: int, tied: bool, dtype: torch.dtype = torch.bfloat16,
+                          seed: int = 0) -> str:
+    """A random Qwen2 HF checkpoint of any shape, written tensor by tensor (idempotent; returns the path).
+
+    Unlike ``make_tiny_qwen2`` no model is instantiated, so a billion-parameter checkpoint costs one
+    safetensors shard of memory (for conversion benchmarks: memory and time, not numerics).
+    """
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        return out_dir
+    from transformers import Qwen2Config
+
+    from ..checkpoint.safetensors_io import ShardedSafetensorsWriter
+
+    os.makedirs(out_dir, exist_ok=True)
+    head_dim = hidden_size // num_heads
+    g = torch.Generator().manual_seed(seed)
+    writer = ShardedSafetensorsWriter(out_dir, dtype, max_shard_bytes=2 * 10**9)
+
+    def add(name, *shape):
+        writer.add(name, (torch.randn(shape, generator=g) * 0.02).to(dtype))
+
+    add("model.embed_tokens.weight", vocab_size, hidden_size)
+    for layer in range(num_layers):
+        p = f"model.layers.{layer}."
+        writer.add(p + "input_layernorm.weight", torch.ones(hidden_size, dtype=dtype))
+        writer.add(p + "post_attention_layernorm.weight", torch.ones(hidden_size, dtype=dtype))
+        add(p + "self_attn.q_proj.weight", num_heads * head_dim, hidden_size)
+        add(p + "self_attn.k_proj.weight", num_kv_heads * head_dim, hidden_size)
+        add(p + "self_attn.v_proj.weight", num_kv_heads * head_dim, hidden_size)
+        add(p + "self_attn.q_proj.bias", num_heads * head_dim)
+        add(p + "self_attn.k_proj.bias", num_kv_heads * head_dim)
+        add(p + "self_attn.v_proj.bias", num_kv_heads * head_dim)
+        add(p + "self_attn.o_proj.weight", hidden_size, num_heads * head_dim)
+        add(p + "mlp.gate_proj.weight", intermediate_size, hidden_size)
+        add(p + "mlp.up_proj.weight", intermediate_size, hidden_size)
+        add(p + "mlp.down_proj.weight", hidden_size, intermediate_size)
+    writer.add("model.norm.weight", torch.ones(hidden_size, dtype=dtype))
+    if not tied:
+        add("lm_head.weight", vocab_size, hidden_size)
+    writer.close()
+    Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=tied,
+                architectures=["Qwen2ForCausalLM"], dtype=str(dtype).replace("torch.", "")).to_json_file(
+        os.path.join(out_dir, "config.json"))
+    return out_dir

@@ -21,7 +21,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_autoalign.checkpoint import iteration_dir, load_megatron_checkpoint_weights, write_tracker
-from megatron_autoalign.checkpoint.layout import TRACKER, copy_hf_side_files
+from megatron_autoalign.checkpoint.layout import CHECKPOINT_VERSION, TRACKER, copy_hf_side_files
 
 from .resume_checks import check_resumable, check_same_data, prune_checkpoints, resume_iteration
 
@@ -29,12 +29,19 @@ from .resume_checks import check_resumable, check_same_data, prune_checkpoints, 
 # Megatron-LM's default layout of distributed-optimizer state: resumable at any TP/PP with the same DP
 # size (megatron-core 0.16's 'fully_sharded_model_space' default relies on flattened ranges it no longer saves).
 OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable", "chained_optim_avoid_prefix": True}
+# Stored with the checkpoint (dist_checkpointing's content_metadata), as Megatron-LM does: its loader reads
+# the optimizer's sharding type from here (absent, it would assume another layout).
+CONTENT_METADATA = dict(OPTIM_METADATA, singleton_local_shards=False)
 
 
 def _names(chunks) -> list[str]:
     return ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
 
 
+# RNG state as Megatron-LM writes it (megatron/training/checkpointing.py, core_r0.16.x, get_rng_state):
+# one ShardedObject "rng_state" of global shape (PP, TP) holding a list of per-DP-rank states with these
+# keys, so upstream's loader finds the key it asks for. Megatron-LM keeps only DP rank 0's state unless
+# --data-parallel-random-init; this list holds every DP rank's (upstream without that flag reads entry 0).
 def _rng_state() -> dict:
     import random
 
@@ -42,13 +49,13 @@ def _rng_state() -> dict:
     from megatron.core import tensor_parallel
 
     state = {
-        "random": random.getstate(),
-        "np": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        "random_rng_state": random.getstate(),
+        "np_rng_state": np.random.get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+        "rng_tracker_states": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda_rng_state"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -58,15 +65,38 @@ def _set_rng_state(state: dict) -> None:
     import numpy as np
     from megatron.core import tensor_parallel
 
-    random.setstate(state["random"])
-    np.random.set_state(state["np"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    random.setstate(state["random_rng_state"])
+    np.random.set_state(state["np_rng_state"])
+    torch.set_rng_state(state["torch_rng_state"])
+    if "cuda_rng_state" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng_state"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["rng_tracker_states"])
+
+
+def _rng_sharded_object(states: list) -> ShardedObject:
+    from megatron.core import parallel_state as ps
+
+    pp, tp = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
+    return ShardedObject("rng_state", states, (pp, tp),
+                         (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+                         replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
+
+
+def _dp_rng_states() -> list:
+    """Every DP(+CP) rank's RNG state, in DP rank order (the same list on each rank of the DP group)."""
+    from megatron.core import parallel_state as ps
+
+    group = ps.get_data_parallel_group(with_context_parallel=True)
+    states = [None] * dist.get_world_size(group)
+    dist.all_gather_object(states, _rng_state(), group=group)
+    return states
 
 
 def _state_dict(chunks, optimizer, scheduler, with_optim: bool, is_loading: bool) -> dict:
+    from megatron.core import parallel_state as ps
+
+    from megatron_autoalign.checkpoint.torch_dist import add_te_extra_state
+
     # The bare GPTModels (DDP's wrapper would prefix the dict keys with "module."); same parameters.
     sd = {n: _unwrap(c).sharded_state_dict() for n, c in zip(_names(chunks), chunks)}
     if with_optim:
@@ -74,9 +104,12 @@ def _state_dict(chunks, optimizer, scheduler, with_optim: bool, is_loading: bool
         sd["optimizer"] = optimizer.sharded_state_dict(
             {n: sd[n] for n in _names(chunks)}, is_loading=is_loading, metadata=OPTIM_METADATA)
         sd["opt_param_scheduler"] = scheduler.state_dict()
-    # One RNG object per global rank; only restored when the world size is unchanged.
-    rank, world = dist.get_rank(), dist.get_world_size()
-    sd["rng_state"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
+    if not is_loading:  # what a Transformer Engine model also asks for (written once: TP 0, DP 0)
+        main = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank(with_context_parallel=True) == 0
+        for n in _names(chunks):
+            add_te_extra_state(sd[n], replica_id=0 if main else 1)
+    # Loading fills the template's list with the saved one (only restored when the layout is unchanged).
+    sd["rng_state"] = _rng_sharded_object(_dp_rng_states() if not is_loading else [])
     return sd
 
 
@@ -92,10 +125,12 @@ def save_checkpoint(save_dir: str, iteration: int, chunks, optimizer, scheduler,
         os.makedirs(path)
     dist.barrier()
     sd = _state_dict(chunks, optimizer, scheduler, with_optim, is_loading=False)
-    sd["train_state"] = dict(train_state, iteration=iteration, world_size=dist.get_world_size())
-    sd["args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.flat().items()
-                  if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
-    dist_checkpointing.save(sd, path)
+    sd["train_state"] = dict(train_state, iteration=iteration, world_size=dist.get_world_size(), layout=_layout())
+    # What Megatron-LM's loader reads at the top level (see checkpoint/megatron_args.py).
+    sd["args"] = _megatron_lm_args(cfg, train_state, iteration)
+    sd["iteration"] = iteration
+    sd["checkpoint_version"] = CHECKPOINT_VERSION
+    dist_checkpointing.save(sd, path, content_metadata=CONTENT_METADATA)
     dist.barrier()
     if dist.get_rank() == 0:
         copy_model_files(cfg.model, save_dir)
@@ -108,6 +143,33 @@ def save_checkpoint(save_dir: str, iteration: int, chunks, optimizer, scheduler,
                       f"iterations {', '.join(map(str, deleted))}", flush=True)
     dist.barrier()
     return path
+
+
+def _layout() -> list[int]:
+    """(PP, TP, DP with CP): the RNG states are per rank of this layout."""
+    from megatron.core import parallel_state as ps
+
+    return [ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
+            ps.get_data_parallel_world_size(with_context_parallel=True)]
+
+
+def _megatron_lm_args(cfg, train_state: dict, iteration: int):
+    """Megatron-LM's args namespace for this run: the model's fields from its HF config, the run's own
+    flags (``cfg.flat()``: already Megatron-LM's names), layout and progress."""
+    from megatron_autoalign.checkpoint.megatron_args import megatron_lm_args
+    from megatron_autoalign.models import load_hf_config
+    from megatron_autoalign.models.builder import resolve_transformer_impl
+
+    # None means "not given" to Megatron-LM's loader too; ckpt_format is accepted-and-ignored here (always torch_dist)
+    flags = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.flat().items()
+             if isinstance(v, (int, float, str, bool, list, tuple)) and k != "ckpt_format"}
+    pp, tp, dp = _layout()
+    flags.pop("transformer_impl", None)  # "auto" here; the namespace records what was built
+    flags.update(iteration=iteration, world_size=dist.get_world_size(), data_parallel_size=dp,
+                 consumed_train_samples=train_state.get("consumed_samples", 0),
+                 no_save_optim=bool(cfg.checkpoint.no_save_optim), no_save_rng=False)
+    return megatron_lm_args(load_hf_config(cfg.model.hf_config), tp, pp, cfg.model.params_dtype,
+                            resolve_transformer_impl(cfg.model.transformer_impl), extra=flags)
 
 
 def copy_model_files(model_cfg, save_dir: str) -> None:
@@ -144,8 +206,7 @@ def load_checkpoint(load_dir: str, chunks, optimizer, scheduler, args, data_hash
     if with_optim:
         _ensure_adam_state(optimizer)
     sd = _state_dict(chunks, optimizer, scheduler, with_optim, is_loading=True)
-    same_world = train_state.get("world_size") == dist.get_world_size()
-    if args.no_load_rng or not same_world:
+    if args.no_load_rng or train_state.get("layout") != _layout():
         sd.pop("rng_state")
     loaded = dist_checkpointing.load(sd, path)
     for n, c in zip(_names(chunks), chunks):
@@ -155,7 +216,9 @@ def load_checkpoint(load_dir: str, chunks, optimizer, scheduler, args, data_hash
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
         _restore_adam_steps(optimizer, scheduler.num_steps)
     if "rng_state" in loaded:
-        _set_rng_state(loaded["rng_state"])
+        from megatron.core import parallel_state as ps
+
+        _set_rng_state(loaded["rng_state"][ps.get_data_parallel_rank(with_context_parallel=True)])
     return train_state
 
 
