@@ -66,10 +66,14 @@ def round_trip(args, work: str) -> None:
 
 
 def depth_sweep(args, work: str) -> None:
+    from megatron_autoalign.models.qwen2 import QWEN2_5_SIZES
+
     depths = [int(x) for x in args.layers.split(",")]
     rows = []
     for layers in depths:
-        hf_dir = make_checkpoint(args.size, os.path.join(args.hf_cache, f"{args.size.replace('.', '_')}_{layers}l"), layers)
+        full = layers == QWEN2_5_SIZES[args.size].num_layers  # the round trip's checkpoint, if cached
+        name = args.size.replace(".", "_") + ("" if full else f"_{layers}l")
+        hf_dir = make_checkpoint(args.size, os.path.join(args.hf_cache, name), layers)
         mg_dir = os.path.join(work, f"mg_{layers}")
         r = measure_convert(["--load-path", hf_dir, "--save-path", mg_dir, "--precision", "bf16",
                              "--part-size", args.part_size])
