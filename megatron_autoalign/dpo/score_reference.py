@@ -13,7 +13,6 @@ no reference model.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -25,8 +24,8 @@ import torch.distributed as dist
 
 from ..data.manifest import manifest_path, write_json_atomic
 from ..runtime import device, is_last_rank, print_rank_0
-from ..training.arguments import ArgumentError
-from ..training.config import parse_run_config
+from ..training.arguments import ArgumentError, build_parser
+from ..training.config import config_from_flags
 from ..training.row_data import max_docs_per_row
 from ..training.startup import run_entry_point, start
 from ..training.task import TaskContext
@@ -52,10 +51,12 @@ def score(argv=None) -> str:
     from ..training.loop import Runner, to_device
     from ..training.model_and_optimizer import build_model, build_transformer_config
 
-    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    own.add_argument("--reuse-existing", action="store_true")
-    flags, argv = own.parse_known_args(argv)
-    cfg = parse_run_config(argv, task_cls=DPOTask)
+    parser = build_parser(DPOTask)
+    parser.add_argument("--reuse-existing", action="store_true",
+                        help="do nothing when the manifest already records log-probs of this checkpoint and precision")
+    values = vars(parser.parse_args(argv))
+    reuse_existing = values.pop("reuse_existing")
+    cfg = config_from_flags(values, int(os.environ.get("WORLD_SIZE", "1")), DPOTask)
     if cfg.task.reference_source == "none":
         raise ArgumentError(f"--loss-type {cfg.task.loss_type} is reference-free: there are no reference log-probs to score")
     # This pass IS the reference model's forward, whatever --reference the training run uses.
@@ -64,7 +65,7 @@ def score(argv=None) -> str:
     if not source:
         raise ArgumentError("the reference scoring pass needs --pretrained-checkpoint (or --ref-load)")
     data_path = cfg.data.data_path
-    if flags.reuse_existing and _current(cfg, source):
+    if reuse_existing and _current(cfg, source):
         print_rank_0(f"{reference_path(data_path)}: reference log-probs of {source} already recorded; reusing them")
         return reference_path(data_path)
     cfg, hf_cfg = start(cfg)
