@@ -1,4 +1,5 @@
-"""Distributed start-up and the CPU compatibility layer for megatron-core."""
+"""Distributed start-up, the CPU compatibility layer for megatron-core, and the registry of every patch this
+project applies to torch / megatron-core (``patches.py``)."""
 
 from .distributed import (
     destroy_distributed,
