@@ -63,16 +63,19 @@ forward_signal() {
 #   dies anyway, the trainers carry on without it (runtime/pipe_safe.py).
 # - torchrun exits 1 whatever code its workers exit with: they write theirs to MA_EXIT_STATUS_FILE.
 run_logged() {
-    local log=$1 cmd=$2 rc status_file child sig
+    local log=$1 cmd=$2 rc run_dir child tee_pid sig
     echo "${cmd}"
     [ "${NNODES}" -gt 1 ] && echo "node ${NODE_RANK} of ${NNODES}: waiting up to ${RDZV_TIMEOUT}s (RDZV_TIMEOUT) for all nodes at ${MASTER_ADDR}:${MASTER_PORT}"
-    status_file=$(mktemp "${TMPDIR:-/tmp}/megatron_autoalign_exit.XXXXXX")
+    run_dir=$(mktemp -d "${TMPDIR:-/tmp}/megatron_autoalign_run.XXXXXX")  # the exit status file and the log pipe
+    mkfifo "${run_dir}/out"
+    ( trap '' TERM INT USR1 HUP; exec tee "${log}" < "${run_dir}/out" ) &
+    tee_pid=$!
     (
-        export MA_EXIT_STATUS_FILE="${status_file}"
+        export MA_EXIT_STATUS_FILE="${run_dir}/status"
         export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
         export PET_SHUTDOWN_TIMEOUT=${PET_SHUTDOWN_TIMEOUT:-${STOP_TIMEOUT:-900}}
         eval "exec ${cmd}"
-    ) > >(trap '' TERM INT USR1 HUP; exec tee "${log}") 2>&1 &
+    ) > "${run_dir}/out" 2>&1 &
     child=$!
     for sig in TERM INT USR1 HUP; do
         # shellcheck disable=SC2064  # the child's pid is known now
@@ -84,10 +87,11 @@ run_logged() {
         kill -0 "${child}" 2>/dev/null || break  # still there: a forwarded signal interrupted the wait
     done
     trap - TERM INT USR1 HUP
-    if [ "${rc}" != "0" ] && [ -s "${status_file}" ]; then
-        rc=$(cat "${status_file}")
+    wait "${tee_pid}" || true  # the log is complete once tee has read everything
+    if [ "${rc}" != "0" ] && [ -s "${run_dir}/status" ]; then
+        rc=$(cat "${run_dir}/status")
     fi
-    rm -f "${status_file}"
+    rm -rf "${run_dir}"
     if [ "${rc}" != "0" ] && grep -q -E "DistStoreError: Timed out after|socket has timed out .* trying to connect" "${log}"; then
         echo "error: node ${NODE_RANK}: the rendezvous at ${MASTER_ADDR}:${MASTER_PORT} timed out after" \
              "${RDZV_TIMEOUT}s: not all ${NNODES} nodes joined (run the same command on every node with the same" \
