@@ -19,13 +19,8 @@ def check(task_cls, argv: list[str], world_size: int) -> None:
     from . import arguments
     from .config import config_from_flags
 
-    parser = arguments.build_parser(task_cls)
-
-    def one_line(message: str):
-        raise arguments.ArgumentError(f"{message} (all flags: python -m megatron_autoalign.training.train --help)")
-
-    parser.error = one_line  # argparse would print the usage and exit
-    config_from_flags(vars(parser.parse_args(argv)), world_size, task_cls)
+    flags = arguments.build_parser(task_cls).parse_args(argv)  # its errors are one-line ArgumentErrors
+    config_from_flags(vars(flags), world_size, task_cls)
 
 
 def main(argv=None) -> int:

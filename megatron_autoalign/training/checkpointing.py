@@ -6,6 +6,9 @@ Layout (Megatron-LM's): ``SAVE/iter_0000042/`` written by ``dist_checkpointing.s
 then ``SAVE/latest_checkpointed_iteration.txt``, written LAST and atomically, so a crash mid-save leaves
 the tracker pointing at the previous complete checkpoint.
 
+``--ckpt-format torch`` writes Megatron-LM's legacy layout instead (``legacy_checkpoint.py``); loading
+detects the format of the iteration folder.
+
 Loading: a tracker holding ``release`` (a converted checkpoint) or ``--finetune`` loads weights only;
 an ``iter_N`` tracker restores everything, so a resumed run is bitwise identical to an uninterrupted one.
 """
@@ -22,6 +25,8 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_autoalign.checkpoint import iteration_dir, load_megatron_checkpoint_weights, write_tracker
 from megatron_autoalign.checkpoint.layout import CHECKPOINT_VERSION, TRACKER, copy_hf_side_files
+
+from .legacy_checkpoint import is_legacy, load_legacy, save_legacy
 
 from .resume_checks import check_resumable, check_same_data, prune_checkpoints, resume_iteration
 
@@ -124,13 +129,18 @@ def save_checkpoint(save_dir: str, iteration: int, chunks, optimizer, scheduler,
             shutil.rmtree(path)
         os.makedirs(path)
     dist.barrier()
-    sd = _state_dict(chunks, optimizer, scheduler, with_optim, is_loading=False)
-    sd["train_state"] = dict(train_state, iteration=iteration, world_size=dist.get_world_size(), layout=_layout())
+    state = dict(train_state, iteration=iteration, world_size=dist.get_world_size(), layout=_layout())
     # What Megatron-LM's loader reads at the top level (see checkpoint/megatron_args.py).
-    sd["args"] = _megatron_lm_args(cfg, train_state, iteration)
-    sd["iteration"] = iteration
-    sd["checkpoint_version"] = CHECKPOINT_VERSION
-    dist_checkpointing.save(sd, path, content_metadata=CONTENT_METADATA)
+    args = _megatron_lm_args(cfg, train_state, iteration)
+    if cfg.checkpoint.ckpt_format == "torch":  # Megatron-LM's legacy layout (legacy_checkpoint.py)
+        save_legacy(path, _names(chunks), [_unwrap(c) for c in chunks], optimizer, scheduler, state, args,
+                    _rng_state(), with_optim)
+    else:
+        sd = _state_dict(chunks, optimizer, scheduler, with_optim, is_loading=False)
+        sd["train_state"], sd["args"] = state, args
+        sd["iteration"] = iteration
+        sd["checkpoint_version"] = CHECKPOINT_VERSION
+        dist_checkpointing.save(sd, path, content_metadata=CONTENT_METADATA)
     dist.barrier()
     if dist.get_rank() == 0:
         copy_model_files(cfg.model, save_dir)
@@ -160,7 +170,7 @@ def _megatron_lm_args(cfg, train_state: dict, iteration: int):
     from megatron_autoalign.models import load_hf_config
     from megatron_autoalign.models.builder import resolve_transformer_impl
 
-    # None means "not given" to Megatron-LM's loader too; ckpt_format is accepted-and-ignored here (always torch_dist)
+    # None means "not given" to Megatron-LM's loader too; ckpt_format is passed on its own
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.flat().items()
              if isinstance(v, (int, float, str, bool, list, tuple)) and k != "ckpt_format"}
     pp, tp, dp = _layout()
@@ -169,7 +179,8 @@ def _megatron_lm_args(cfg, train_state: dict, iteration: int):
                  consumed_train_samples=train_state.get("consumed_samples", 0),
                  no_save_optim=bool(cfg.checkpoint.no_save_optim), no_save_rng=False)
     return megatron_lm_args(load_hf_config(cfg.model.hf_config), tp, pp, cfg.model.params_dtype,
-                            resolve_transformer_impl(cfg.model.transformer_impl), extra=flags)
+                            resolve_transformer_impl(cfg.model.transformer_impl),
+                            ckpt_format=cfg.checkpoint.ckpt_format, extra=flags)
 
 
 def copy_model_files(model_cfg, save_dir: str) -> None:
@@ -198,6 +209,9 @@ def load_checkpoint(load_dir: str, chunks, optimizer, scheduler, args, data_hash
     if it == "release" or args.finetune:
         load_megatron_checkpoint_weights([_unwrap(c) for c in chunks], load_dir)
         return None
+    if is_legacy(iteration_dir(load_dir, it)):
+        return _load_legacy_checkpoint(iteration_dir(load_dir, it), chunks, optimizer, scheduler, args, data_hash,
+                                       data_path)
     path = check_resumable(load_dir, it)
     common = dist_checkpointing.load_common_state_dict(path)
     train_state = common["train_state"]
@@ -219,6 +233,17 @@ def load_checkpoint(load_dir: str, chunks, optimizer, scheduler, args, data_hash
         from megatron.core import parallel_state as ps
 
         _set_rng_state(loaded["rng_state"][ps.get_data_parallel_rank(with_context_parallel=True)])
+    return train_state
+
+
+def _load_legacy_checkpoint(path: str, chunks, optimizer, scheduler, args, data_hash, data_path) -> dict:
+    train_state, rng = load_legacy(path, _names(chunks), [_unwrap(c) for c in chunks], optimizer, scheduler,
+                                   load_optim=not args.no_load_optim)
+    check_same_data(train_state, data_hash, args.allow_data_change, data_path, path)
+    if not args.no_load_optim:
+        _restore_adam_steps(optimizer, scheduler.num_steps)
+    if rng is not None and not args.no_load_rng and train_state.get("world_size") == dist.get_world_size():
+        _set_rng_state(rng)
     return train_state
 
 

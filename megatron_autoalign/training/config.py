@@ -100,7 +100,8 @@ class ModelConfig:
     recompute_num_layers: Optional[int]
     recompute_swiglu: Union[bool, int]
     gradient_accumulation_fusion: bool
-    transformer_impl: str
+    transformer_impl: str  # --attention-backend local turns auto into local
+    attention_backend: str
     attention_dropout: float
     hidden_dropout: float
 
@@ -124,6 +125,7 @@ class DataConfig:
     shuffle: bool
     seq_length: Optional[int]  # for_data: default the manifest's seq_len
     max_padding_length: Optional[int]
+    num_workers: int  # only 0 (refused otherwise)
     split_fractions: tuple = derived((1.0, 0.0, 0.0))  # train, valid, test
 
 
@@ -140,6 +142,7 @@ class CheckpointConfig:
     ckpt_step: Optional[int]  # resume from this iter_N of --load instead of the latest
     keep_last_checkpoints: Optional[int]
     allow_data_change: bool  # resume although the data's manifest differs from the checkpoint's
+    ckpt_format: str  # what this run saves: torch_dist or Megatron-LM's legacy torch
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,26 @@ def _single(paths, flag):
     return paths[0]
 
 
+def _check_attention_backend(v: dict) -> None:
+    """Megatron-LM's kernels (flash, fused, unfused) exist in Transformer Engine's attention only; ``local``
+    means the local spec, as in Megatron-LM."""
+    backend = v["attention_backend"]
+    if backend == "auto":
+        return
+    if backend == "local":
+        if v["transformer_impl"] == "transformer_engine":
+            raise ArgumentError("--attention-backend local uses the local spec: drop --transformer-impl transformer_engine")
+        v["transformer_impl"] = "local"
+        return
+    from megatron_autoalign.models import resolve_transformer_impl  # imports torch: only for a non-default flag
+
+    if resolve_transformer_impl(v["transformer_impl"]) != "transformer_engine":
+        why = "--transformer-impl local" if v["transformer_impl"] == "local" else "Transformer Engine is not installed"
+        raise ArgumentError(f"--attention-backend {backend} picks a Transformer Engine attention kernel, but this run "
+                            f"uses the local spec ({why}); drop the flag (the local spec runs torch SDPA, and flash "
+                            "attention for packed rows on GPU)")
+
+
 def _derive(v: dict, world_size: int) -> tuple[dict, list[str]]:
     """Cross-flag checks and derived values on the parsed flags (one-line ArgumentError)."""
     warnings = []
@@ -310,6 +333,12 @@ def _derive(v: dict, world_size: int) -> tuple[dict, list[str]]:
     for flag in ("wandb_exp_name", "wandb_save_dir"):
         if v[flag] and not v["wandb_project"]:
             raise ArgumentError(f"--{flag.replace('_', '-')} needs --wandb-project (W&B is off without it)")
+
+    # Megatron-LM flags with no counterpart here: refused, not ignored
+    if v["num_workers"]:
+        raise ArgumentError(f"--num-workers {v['num_workers']}: batches are collated in the training process one "
+                            "step ahead while the GPU computes; there are no data-loader workers (drop the flag)")
+    _check_attention_backend(v)
 
     # data
     if v["dataset"] not in ("mmap", "MMAP"):

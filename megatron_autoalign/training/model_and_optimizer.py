@@ -15,6 +15,8 @@ from megatron_autoalign.runtime.wgrad_fusion import enable_gradient_accumulation
 
 def build_transformer_config(cfg, hf_cfg):
     """megatron-core's TransformerConfig for the model in ``hf_cfg`` run as ``cfg`` (a RunConfig) says."""
+    from megatron.core.transformer.enums import AttnBackend
+
     from megatron_autoalign.models import pipeline_split, resolve_transformer_impl, transformer_config_from_hf
 
     p, m = cfg.parallel, cfg.model
@@ -30,6 +32,8 @@ def build_transformer_config(cfg, hf_cfg):
         recompute_method=m.recompute_method,  # set for --recompute-granularity full only (config.py)
         recompute_num_layers=m.recompute_num_layers,
         attention_dropout=m.attention_dropout,
+        # TE's attention kernel (flash / fused / unfused): megatron sets NVTE_*_ATTN from it
+        attention_backend=AttnBackend[m.attention_backend],
         hidden_dropout=m.hidden_dropout,
         # TE's fused RoPE; the local spec rotates q and k in its own attention (models/rope.py).
         apply_rope_fusion=resolve_transformer_impl(m.transformer_impl) == "transformer_engine",

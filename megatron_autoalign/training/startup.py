@@ -56,7 +56,8 @@ def run_entry_point(body) -> int:
     except (ArgumentError, ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
         if os.environ.get("MA_DEBUG"):
             raise
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        # once: rank 0 (RANK before the process group exists, e.g. a bad flag)
+        if (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
     finally:
