@@ -29,9 +29,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise ArgumentError(f"{message} (all flags: python -m megatron_autoalign.training.train --help)")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every flag's default, unless its help already says what the default is."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def build_parser(task_cls=None) -> argparse.ArgumentParser:
     p = OneLineErrorParser(description="megatron_autoalign training (Megatron-LM flag names)", allow_abbrev=False,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsHelpFormatter)
     a = p.add_argument
     # parallelism
     a("--tensor-model-parallel-size", type=int, default=1,

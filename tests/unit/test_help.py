@@ -26,3 +26,19 @@ def test_help_imports_neither_torch_nor_megatron(argv, task_flag):
     assert "--wandb-project WANDB_PROJECT" in r.stdout and "--micro-batch-size" in r.stdout
     if task_flag:
         assert task_flag in r.stdout
+
+
+def test_every_flag_has_help_that_shows_its_default():
+    import argparse
+    from types import SimpleNamespace
+
+    from megatron_autoalign.dpo import flags
+    from megatron_autoalign.training.arguments import DefaultsHelpFormatter, build_parser
+
+    parser = build_parser(SimpleNamespace(add_arguments=flags.add_arguments))
+    formatter = DefaultsHelpFormatter("prog")
+    shown = [a for a in parser._actions if a.help != argparse.SUPPRESS and a.dest != "help"]
+    assert len(shown) > 60
+    for action in shown:
+        assert action.help, action.option_strings
+        assert "default" in formatter._get_help_string(action), action.option_strings
