@@ -27,7 +27,6 @@ from megatron_autoalign.checkpoint import iteration_dir, load_megatron_checkpoin
 from megatron_autoalign.checkpoint.layout import CHECKPOINT_VERSION, TRACKER, copy_hf_side_files
 
 from .legacy_checkpoint import is_legacy, load_legacy, save_legacy
-
 from .resume_checks import check_resumable, check_same_data, prune_checkpoints, resume_iteration
 
 
