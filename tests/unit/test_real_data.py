@@ -194,7 +194,7 @@ def test_truncated_array_is_reported_and_can_be_kept(tmp_path, qwen_tokenizer_di
     assert m["input_truncated"] is True and m["skipped_examples"] == {"truncated_record": [4]}
     assert "(cut off: complete records kept)" in capsys.readouterr().err
     p.write_text(text[:text.index("\n },", start) + 4] + "\n")  # cut after "}," of record 4
-    assert run(tmp_path, qwen_tokenizer_dir, str(p))[0] == 2
+    assert run(tmp_path, qwen_tokenizer_dir, str(p), "--overwrite")[0] == 2  # (the previous run's output stays)
     assert "the file ends after record 4 without the closing ']'" in capsys.readouterr().err
 
 
