@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def convert():
         start = time.time()
+        created = not os.path.exists(args.save_path)  # before the check, which creates it to probe writability
         _check_destination(args.save_path)
-        created = not os.path.exists(args.save_path)
         try:
             if args.mg2hf:
                 megatron_to_hf(args, progress)
