@@ -13,6 +13,9 @@ Groups:
 - ``gpu-fallback``: faster stand-ins for what megatron-core falls back to without apex / Transformer
   Engine (``optimizer_fallbacks.py``, ``wgrad_fusion.py``). Only when megatron-core would otherwise use
   its slow local version; never replaces apex or TE.
+
+Not here, because they change no library: the training process's warning filters (``quiet.py``), its
+stdout/stderr wrapper (``runtime/pipe_safe.py``) and its signal handlers (``training/preemption.py``).
 """
 
 from __future__ import annotations
