@@ -71,6 +71,7 @@ def test_a_node_alone_times_out_at_the_rendezvous_with_a_clear_line(inputs, tmp_
                               MASTER_PORT=port, RDZV_TIMEOUT=3))
     assert r.returncode != 0
     assert f"node 0 of 2: waiting up to 3s (RDZV_TIMEOUT) for all nodes at 127.0.0.1:{port}" in r.stdout
+    assert r.stderr.strip(), r.stdout[-3000:]
     assert r.stderr.strip().splitlines()[-1] == (
         f"error: node 0: the rendezvous at 127.0.0.1:{port} timed out after 3s: not all 2 nodes joined (run the "
         "same command on every node with the same MASTER_ADDR, MASTER_PORT and NNODES and its own NODE_RANK)")
