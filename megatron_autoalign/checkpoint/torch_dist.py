@@ -3,8 +3,9 @@
 Writing builds a TP1PP1 GPTModel on the *meta* device only for its ``sharded_state_dict()``: the exact
 keys, global shapes and ShardedObjects megatron (and Megatron-LM, which saves
 ``{"model": model.sharded_state_dict(), "args", "checkpoint_version", "iteration", ...}``) expects.
-Each ShardedTensor then receives its tensor from the source, so the process holds one copy of the
-weights and nothing else. Such a checkpoint loads at any TP/PP.
+Each ShardedTensor then receives its tensor from the source, a part (a few layers) at a time: the
+parts are saved separately and merged (``torch_dist_parts``), so memory does not grow with depth.
+Such a checkpoint loads at any TP/PP, into a local-spec or a Transformer Engine model.
 """
 
 from __future__ import annotations

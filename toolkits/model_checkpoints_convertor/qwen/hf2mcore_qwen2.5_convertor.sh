@@ -5,7 +5,7 @@
 #
 #   MODEL_SIZE  Qwen2.5: 0.5B 1.5B 3B 7B 14B 32B 72B    Qwen3: qwen3-0.6B qwen3-1.7B qwen3-4B qwen3-8B
 #               qwen3-14B qwen3-32B    or auto. Checked against config.json, whose model_type picks the family
-#   PRECISION   bf16 | fp16 | fp32        USE_TE  true | false (legacy layout naming)
+#   PRECISION   bf16 | fp16 | fp32        USE_TE  true | false (legacy names: match training's --transformer-impl)
 #   MG2HF       false: HF -> Megatron (torch_dist, tracker 'release')   true: Megatron -> HF
 #   ORIGINAL_HF_PATH  MG2HF=true: where config.json and tokenizer files come from
 #
