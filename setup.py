@@ -30,5 +30,8 @@ setup(
         "fast": ["tiktoken"],
         # Parquet input for preprocessing (most hub datasets ship as Parquet).
         "parquet": ["pyarrow"],
+        # tests/distributed/test_upstream_loader.py (opt-in, MEGATRON_LM_PATH): Megatron-LM's training package
+        # imports six (its BERT tokenizer) and is not pip-installable from the megatron-core wheel.
+        "upstream": ["six"],
     },
 )

@@ -44,7 +44,10 @@ def megatron_lm_args(hf_config: dict, tp: int, pp: int, dtype: torch.dtype, tran
         rotary_base=int(theta) if float(theta).is_integer() else theta,  # upstream parses --rotary-base as int
         rotary_percent=1.0, rotary_interleaved=False,
         # block
-        normalization="RMSNorm", norm_epsilon=float(hf_config.get("rms_norm_eps", 1e-6)), apply_layernorm_1p=False,
+        # epsilon under both names: core_v0.16.1 parses --norm-epsilon into layernorm_epsilon (a TransformerConfig
+        # field), older Megatron-LM (and Pai's) into norm_epsilon. Neither is copied by --use-checkpoint-args.
+        normalization="RMSNorm", norm_epsilon=float(hf_config.get("rms_norm_eps", 1e-6)),
+        layernorm_epsilon=float(hf_config.get("rms_norm_eps", 1e-6)), apply_layernorm_1p=False,
         swiglu=True, squared_relu=False, add_bias_linear=False,
         add_qkv_bias=family_fields.get("add_qkv_bias", False), qk_layernorm=family_fields.get("qk_layernorm", False),
         untie_embeddings_and_output_weights=not s.tie_word_embeddings,

@@ -116,6 +116,17 @@ def test_stored_args_pass_upstream_checks_and_give_the_upstream_model(size, scri
     assert not stored.data_parallel_random_init
 
 
+@pytest.mark.parametrize("eps", [1e-6, 1e-5])
+def test_epsilon_is_stored_under_core_v0_16_name(eps):
+    """core_v0.16.1 declares --norm-epsilon on TransformerConfig.layernorm_epsilon (transformer_config.py,
+    argparse_meta arg_names), so its args namespace says layernorm_epsilon; older Megatron-LM and Pai say
+    norm_epsilon. Found by running upstream's parse_args + load_checkpoint (tests/distributed/test_upstream_loader.py)."""
+    config = dict(_hf_config("0.5B"), rms_norm_eps=eps)
+    stored = megatron_lm_args(config, 1, 1, torch.float32, "local", "torch_dist")
+    assert stored.layernorm_epsilon == eps and stored.norm_epsilon == eps
+    assert type(stored.layernorm_epsilon) is float
+
+
 def test_no_position_embedding_users_get_false(tiny_untied_dir, tmp_path):
     from megatron.core import dist_checkpointing
 
