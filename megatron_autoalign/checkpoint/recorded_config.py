@@ -61,6 +61,8 @@ def check_hf_config_matches(hf_config: dict, config_file: str, iter_dir: str, fm
     args = recorded_args(iter_dir, fmt) or {}
     if not args.get("group_query_attention", True) and "num_query_groups" in args:
         args = dict(args, num_query_groups=args.get("num_attention_heads"))  # MHA checkpoints record None
+    if "norm_epsilon" not in args and "layernorm_epsilon" in args:
+        args = dict(args, norm_epsilon=args["layernorm_epsilon"])  # Megatron-LM core_v0.16 stores it under this name
     diffs = []
     for name, hf_value in _hf_values(hf_config).items():
         value = args.get(name)

@@ -115,3 +115,16 @@ def test_failed_conversion_leaves_no_release_and_a_retry_works(tiny_tied_dir, tm
     assert convert(["--load-path", broken, "--save-path", str(dst), "--precision", "fp32", "--no-progress"]) == 2
     assert dst.is_dir() and os.listdir(dst) == []
     assert convert(["--load-path", tiny_tied_dir, "--save-path", str(dst), "--precision", "fp32", "--no-progress"]) == 0
+
+
+def test_epsilon_recorded_under_upstream_name_is_compared(tiny_tied_dir, monkeypatch):
+    """Checkpoints written by Megatron-LM core_v0.16 record --norm-epsilon as ``layernorm_epsilon`` only."""
+    from megatron_autoalign.checkpoint import recorded_config
+    from megatron_autoalign.checkpoint.errors import CheckpointError
+
+    hf_config = json.load(open(os.path.join(tiny_tied_dir, "config.json")))
+    monkeypatch.setattr(recorded_config, "recorded_args", lambda *a: {"layernorm_epsilon": 1e-5})
+    with pytest.raises(CheckpointError, match=r"rms_norm_eps 1e-06 vs norm_epsilon 1e-05"):
+        recorded_config.check_hf_config_matches(hf_config, "config.json", "iter_0000007", "torch_dist")
+    monkeypatch.setattr(recorded_config, "recorded_args", lambda *a: {"layernorm_epsilon": hf_config["rms_norm_eps"]})
+    recorded_config.check_hf_config_matches(hf_config, "config.json", "iter_0000007", "torch_dist")
