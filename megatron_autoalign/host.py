@@ -16,12 +16,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def unwritable_reason(folder: str) -> str | None:
-    """Create ``folder`` if needed and write a probe file in it: None if that works, else the OS's reason
-    (e.g. 'Read-only file system', 'Permission denied')."""
+def unwritable_reason(folder: str, create: bool = True) -> str | None:
+    """Write a probe file in ``folder`` (created if ``create``; else in its nearest existing ancestor, leaving
+    nothing behind): None if that works, else the OS's reason (e.g. 'Read-only file system')."""
+    target = os.path.abspath(folder)
+    if not create:
+        while not os.path.exists(target) and os.path.dirname(target) != target:
+            target = os.path.dirname(target)
     try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".write_test.tmp{os.getpid()}")
+        if create:
+            os.makedirs(target, exist_ok=True)
+        elif not os.path.isdir(target):
+            raise NotADirectoryError(20, "Not a directory")
+        probe = os.path.join(target, f".write_test.tmp{os.getpid()}")
         with open(probe, "w"):
             pass
         os.remove(probe)

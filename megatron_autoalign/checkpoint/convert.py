@@ -77,7 +77,7 @@ def _bool(text: str) -> bool:
 def _check_destination(path: str) -> None:
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise CheckpointError(f"{path}: destination exists and is not empty; choose a new directory")
-    reason = unwritable_reason(path)
+    reason = unwritable_reason(path, create=False)  # a failed conversion leaves no folder behind
     if reason:
         raise CheckpointError(f"{path}: cannot write the converted checkpoint here ({reason}); choose another directory")
 
