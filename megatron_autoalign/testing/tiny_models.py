@@ -34,15 +34,7 @@ def make_tiny_qwen2(
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
-        max_position_embeddings=4096,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=tied,
-        # Qwen2.5's ids; clamped so that small-vocabulary test models stay valid.
-        bos_token_id=min(151643, vocab_size - 1),
-        eos_token_id=min(151645, vocab_size - 1),
-        pad_token_id=min(151643, vocab_size - 1),
-        use_sliding_window=False,
+        **_shared_config(tied, vocab_size),
     )
     torch.manual_seed(seed)
     return _save_random(Qwen2ForCausalLM(config).to(dtype), out_dir, max_shard_size)
@@ -78,19 +70,22 @@ def make_tiny_qwen3(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         head_dim=head_dim,
-        max_position_embeddings=4096,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=tied,
         attention_bias=False,
-        bos_token_id=min(151643, vocab_size - 1),
-        eos_token_id=min(151645, vocab_size - 1),
-        pad_token_id=min(151643, vocab_size - 1),
-        use_sliding_window=False,
+        **_shared_config(tied, vocab_size),
     )
     torch.manual_seed(seed)
     return _save_random(Qwen3ForCausalLM(config).to(dtype), out_dir)
 
+
+
+def _shared_config(tied: bool, vocab_size: int) -> dict:
+    """Config fields both tiny families share: Qwen's rope base, norm epsilon and special ids
+    (clamped so that small-vocabulary test models stay valid)."""
+    return dict(
+        max_position_embeddings=4096, rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=tied,
+        bos_token_id=min(151643, vocab_size - 1), eos_token_id=min(151645, vocab_size - 1),
+        pad_token_id=min(151643, vocab_size - 1), use_sliding_window=False,
+    )
 
 def _save_random(model, out_dir: str, max_shard_size: str | None = None) -> str:
     # Random non-trivial norms and biases so a wrong mapping of either cannot pass a parity test.
